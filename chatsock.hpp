@@ -1609,10 +1609,75 @@ public:
 
 private:
     friend class Client;
+#if defined(_WIN32)
+    // A console cannot be waited on with WSAPoll, so a Win32 thread reads standard input and
+    // signals a socket pair that the poller can wait on. The thread shares this state and may
+    // outlive the StdinLines (it stays blocked in a read until the process exits).
+    struct Shared {
+        CRITICAL_SECTION lock;
+        std::string data;
+        bool ended = false;
+        detail::WakeChannel ready;
+        Shared() { ::InitializeCriticalSection(&lock); }
+        ~Shared() { ::DeleteCriticalSection(&lock); }
+    };
+    static DWORD WINAPI reader(void* arg) {
+        std::shared_ptr<Shared> shared = *static_cast<std::shared_ptr<Shared>*>(arg);
+        delete static_cast<std::shared_ptr<Shared>*>(arg);
+        const HANDLE in = ::GetStdHandle(STD_INPUT_HANDLE);
+        DWORD mode = 0, n = 0;
+        const bool console = ::GetConsoleMode(in, &mode) != 0;
+        for (bool more = true; more;) {
+            std::string chunk;
+            if (console) {  // UTF-16 from the console, whatever its code page, to UTF-8
+                wchar_t wide[4096];
+                more = ::ReadConsoleW(in, wide, 4096, &n, nullptr) && n > 0 && wide[0] != 0x1A;  // Ctrl+Z
+                int len = more ? ::WideCharToMultiByte(CP_UTF8, 0, wide, static_cast<int>(n), nullptr, 0, nullptr, nullptr) : 0;
+                chunk.resize(static_cast<std::size_t>(len));
+                if (len) ::WideCharToMultiByte(CP_UTF8, 0, wide, static_cast<int>(n), &chunk[0], len, nullptr, nullptr);
+            } else {        // a pipe or a file: bytes as they are
+                char buf[65536];
+                more = ::ReadFile(in, buf, sizeof buf, &n, nullptr) && n > 0;
+                chunk.assign(buf, more ? n : 0);
+            }
+            ::EnterCriticalSection(&shared->lock);
+            shared->data += chunk;
+            shared->ended = !more;
+            ::LeaveCriticalSection(&shared->lock);
+            shared->ready.signal();
+        }
+        return 0;
+    }
+    socket_t handle() {
+        if (!shared_) {
+            shared_ = std::make_shared<Shared>();
+            HANDLE t = ::CreateThread(nullptr, 0, reader, new std::shared_ptr<Shared>(shared_), 0, nullptr);
+            if (!t) throw std::system_error(static_cast<int>(::GetLastError()), detail::os_category(), "chatsock: stdin thread");
+            ::CloseHandle(t);
+        }
+        return shared_->ready.socket();
+    }
+    // Takes what the reader thread has collected; waits for it when `wait` is set.
+    void read_some(bool wait = true) {
+        if (wait) {
+            fd_set ready;
+            FD_ZERO(&ready);
+            FD_SET(handle(), &ready);
+            ::select(0, &ready, nullptr, nullptr, nullptr);
+        }
+        shared_->ready.drain();
+        ::EnterCriticalSection(&shared_->lock);
+        buffer_ += shared_->data;
+        shared_->data.clear();
+        ended_ = shared_->ended;
+        ::LeaveCriticalSection(&shared_->lock);
+    }
+    std::shared_ptr<Shared> shared_;
+#else
     static socket_t handle() { return 0; }
-    // One read of what is there. Called only when the poller says stdin is readable (or for a
-    // regular file, which is always readable), so it does not block the loop.
-    void read_some() {
+    // One read of what is there. Called when the poller says stdin is readable (or for a
+    // regular file, always readable), so it does not block the loop; read_line() waits in it.
+    void read_some(bool = true) {
         char buf[65536];
         ssize_t n;
         do n = ::read(0, buf, sizeof buf);
@@ -1620,6 +1685,7 @@ private:
         if (n <= 0) ended_ = true;
         else buffer_.append(buf, static_cast<std::size_t>(n));
     }
+#endif
     std::string buffer_;
     bool ended_ = false;
 };
@@ -1674,11 +1740,11 @@ public:
         }
         for (const PollEvent& ev : events_) {
             if (ev.socket == socket_.get() && (ev.readable || ev.hangup)) receive();
-            else if (input && ev.socket == StdinLines::handle()) input->read_some();
+            else if (input && ev.socket == input->handle()) input->read_some(false);
         }
         if (input && input_is_file_ && !input->ended_) input->read_some();
         if (input && input_watched_ && input->ended_) {
-            poller_.remove(StdinLines::handle());  // end of input stays "readable" forever
+            poller_.remove(input->handle());  // end of input stays "readable" forever
             input_watched_ = false;
         }
         if (open_) flush();
@@ -1719,7 +1785,7 @@ private:
     }
     void watch(StdinLines* input) {
         if (!input || input_watched_ || input_is_file_ || input->ended_) return;
-        if (poller_.add(StdinLines::handle(), want_read)) input_is_file_ = true;  // epoll refuses files
+        if (poller_.add(input->handle(), want_read)) input_is_file_ = true;  // epoll refuses files
         else input_watched_ = true;
     }
     void receive() {
