@@ -19,8 +19,8 @@
 //       chatsock::ServerOptions options;            // 127.0.0.1:1234, no log file
 //       options.log_path = "message_log";
 //       chatsock::Server server(options);
-//       if (auto ec = server.listen()) return 1;   // ec.message() says why
 //       chatsock::stop_on_ctrl_c(server);          // opt-in: Ctrl+C stops it cleanly
+//       if (auto ec = server.listen()) return 1;   // ec.message() says why
 //       server.run();                               // until stop()
 //   }
 //
@@ -61,6 +61,12 @@
 #  endif
 #  if defined(_WIN32_WINNT) && _WIN32_WINNT < 0x0600
 #    error "chatsock needs Windows Vista or later (_WIN32_WINNT >= 0x0600) for WSAPoll"
+#  endif
+#  if defined(__GNUC__) && defined(_WINSOCKAPI_) && !defined(_WINSOCK2API_)
+// The user's <windows.h> came first and brought the old winsock.h; MinGW's winsock2.h copes
+// but warns about the order. (MSVC cannot mix the two: there, include chatsock.hpp or winsock2.h first, or
+// define WIN32_LEAN_AND_MEAN before <windows.h>.)
+#    undef _WINSOCKAPI_  // the guard that makes winsock2.h warn; its own guards suffice
 #  endif
 #  include <winsock2.h>
 #  include <ws2tcpip.h>
@@ -533,8 +539,10 @@ public:
         Socket listener = listen_tcp("127.0.0.1", 0, ec, 1);
         if (!ec) read_ = connect_tcp("127.0.0.1", local_port(listener.get()), milliseconds(5000), ec);
         if (!ec) {
+            std::string peer, ours = "127.0.0.1:" + std::to_string(local_port(read_.get()));
             for (int tries = 0; tries < 500 && !write_; ++tries) {
-                write_ = accept_tcp(listener.get(), ec);
+                write_ = accept_tcp(listener.get(), ec, &peer);
+                if (write_ && peer != ours) write_.close();  // another local program raced us
                 if (!write_) ::Sleep(1);
             }
         }
@@ -729,63 +737,6 @@ inline bool parse_header(std::string_view header, unsigned long long& length) {
     return i == header.size();
 }
 
-// Turns a byte stream, fed in chunks of any size, into whole frames. A bad header or a payload
-// over the maximum is a protocol error: the decoder stops and error() says why. An oversized
-// payload is refused from its header alone, before any of it is buffered.
-class FrameDecoder {
-public:
-    explicit FrameDecoder(std::size_t max_payload = default_max_payload) : max_payload_(max_payload) {}
-
-    void feed(const char* data, std::size_t size) {
-        if (!failed() && size) {
-            compact();
-            buffer_.append(data, size);
-        }
-    }
-    void feed(std::string_view bytes) { feed(bytes.data(), bytes.size()); }
-
-    // The next whole payload, or false when more bytes are needed or the stream is broken.
-    // The view stays valid until the next call to feed() or next().
-    bool next(std::string_view& payload) {
-        if (failed() || buffer_.size() - start_ < header_size) return false;
-        std::string_view header(buffer_.data() + start_, header_size);
-        unsigned long long length = 0;
-        if (!parse_header(header, length)) return fail("bad frame header \"" + std::string(header) + "\"");
-        if (length > max_payload_)
-            return fail("frame of " + std::to_string(length) + " bytes is over the limit of " +
-                        std::to_string(max_payload_));
-        if (buffer_.size() - start_ - header_size < length) return false;
-        payload = std::string_view(buffer_.data() + start_ + header_size, static_cast<std::size_t>(length));
-        start_ += header_size + static_cast<std::size_t>(length);
-        return true;
-    }
-
-    bool failed() const { return !error_.empty(); }
-    const std::string& error() const { return error_; }
-    std::size_t buffered() const { return buffer_.size() - start_; }  // bytes of unfinished frames
-    std::size_t max_payload() const { return max_payload_; }
-
-private:
-    bool fail(std::string why) {
-        error_ = std::move(why);
-        buffer_.clear();
-        buffer_.shrink_to_fit();
-        start_ = 0;
-        return false;
-    }
-    // Drops consumed bytes before growing: memory stays at most one frame plus one chunk.
-    void compact() {
-        if (start_ == 0) return;
-        buffer_.erase(0, start_);
-        start_ = 0;
-    }
-
-    std::size_t max_payload_;
-    std::string buffer_;
-    std::size_t start_ = 0;
-    std::string error_;
-};
-
 // Decodes one UTF-8 sequence at s[i]; returns its length, or 0 if it is not valid UTF-8
 // (overlong forms, surrogates and code points past U+10FFFF are all invalid).
 inline std::size_t utf8_sequence(std::string_view s, std::size_t i, char32_t& cp) {
@@ -841,6 +792,67 @@ inline std::string printable(std::string_view s, bool escape_backslash = false) 
     return out;
 }
 
+// Turns a byte stream, fed in chunks of any size, into whole frames. A bad header or a payload
+// over the maximum is a protocol error: the decoder stops and error() says why. An oversized
+// payload is refused from its header alone, before any of it is buffered.
+class FrameDecoder {
+public:
+    explicit FrameDecoder(std::size_t max_payload = default_max_payload) : max_payload_(max_payload) {}
+
+    void feed(const char* data, std::size_t size) {
+        if (!failed() && size) {
+            compact();
+            buffer_.append(data, size);
+        }
+    }
+    void feed(std::string_view bytes) { feed(bytes.data(), bytes.size()); }
+
+    // The next whole payload, or false when more bytes are needed or the stream is broken.
+    // The view stays valid until the next call to feed() or next().
+    bool next(std::string_view& payload) {
+        if (start_ == buffer_.size()) compact();
+        if (failed() || buffer_.size() - start_ < header_size) return false;
+        std::string_view header(buffer_.data() + start_, header_size);
+        unsigned long long length = 0;
+        if (!parse_header(header, length)) return fail("bad frame header \"" + printable(header) + "\"");
+        if (length > max_payload_)
+            return fail("frame of " + std::to_string(length) + " bytes is over the limit of " +
+                        std::to_string(max_payload_));
+        if (buffer_.size() - start_ - header_size < length) return false;
+        payload = std::string_view(buffer_.data() + start_ + header_size, static_cast<std::size_t>(length));
+        start_ += header_size + static_cast<std::size_t>(length);
+        return true;
+    }
+
+    bool failed() const { return !error_.empty(); }
+    const std::string& error() const { return error_; }
+    std::size_t buffered() const { return buffer_.size() - start_; }  // bytes of unfinished frames
+    std::size_t max_payload() const { return max_payload_; }
+
+private:
+    bool fail(std::string why) {
+        error_ = std::move(why);
+        buffer_.clear();
+        buffer_.shrink_to_fit();
+        start_ = 0;
+        return false;
+    }
+    // Drops consumed bytes before growing: memory stays at most one frame plus one chunk.
+    void compact() {
+        if (start_ == 0) return;
+        if (start_ == buffer_.size() && buffer_.capacity() > 16384)
+            std::string().swap(buffer_);  // an idle connection does not keep a big buffer
+        else
+            buffer_.erase(0, start_);
+        start_ = 0;
+    }
+
+    std::size_t max_payload_;
+    std::string buffer_;
+    std::size_t start_ = 0;
+    std::string error_;
+};
+
 inline bool equal_ignoring_ascii_case(std::string_view a, std::string_view b) {
     if (a.size() != b.size()) return false;
     for (std::size_t i = 0; i < a.size(); ++i) {
@@ -857,7 +869,7 @@ inline std::string check_username(std::string_view name, std::string_view reserv
     if (name.empty()) return "the name is empty";
     if (name.size() > max_bytes) return "the name is longer than " + std::to_string(max_bytes) + " bytes";
     if (!is_valid_utf8(name)) return "the name is not valid UTF-8";
-    char32_t cp;
+    char32_t cp = 0;  // g++ -O1 -Werror=maybe-uninitialized cannot see that the check above sets it
     for (std::size_t i = 0, n; i < name.size(); i += n) {
         n = utf8_sequence(name, i, cp);
         if (is_control(cp)) return "the name contains control characters";
@@ -1060,6 +1072,11 @@ private:
 // 5. Server
 // ============================================================================================
 
+class Server;
+namespace detail {
+inline std::atomic<Server*> ctrl_c_target{nullptr};  // see stop_on_ctrl_c()
+}
+
 using ClientId = std::uint64_t;  // unique for the server's lifetime; never reused
 constexpr ClientId no_client = 0;
 
@@ -1072,6 +1089,7 @@ struct ServerOptions {
     std::size_t max_name_bytes = default_max_name_bytes;
     std::size_t max_clients = 1000;        // connections beyond it are told so and closed
     milliseconds handshake_timeout{10000}; // to send a username after connecting
+    milliseconds frame_timeout{30000};     // for a frame to arrive whole once it has begun
     std::size_t output_hard_limit = 8u << 20;  // queued bytes: over it, disconnect at once
     std::size_t output_soft_limit = 1u << 20;  // over it for longer than soft_limit_time: disconnect
     milliseconds soft_limit_time{10000};
@@ -1091,6 +1109,10 @@ struct ClientInfo {
 class Server {
 public:
     explicit Server(ServerOptions options = {}) : options_(std::move(options)) {}
+    ~Server() {
+        Server* self = this;  // a late Ctrl+C must not reach a destroyed server
+        detail::ctrl_c_target.compare_exchange_strong(self, nullptr);
+    }
     Server(const Server&) = delete;
     Server& operator=(const Server&) = delete;
 
@@ -1194,6 +1216,8 @@ private:
         Clock::time_point deadline;         // naming: handshake; closing: when to give up
         Clock::time_point over_soft_since;  // when the queue went over the soft limit
         bool over_soft = false;
+        Clock::time_point partial_since;    // when the frame still incomplete began to arrive
+        bool partial = false;
         bool write_interest = false;        // registered for writability with the poller
         bool dirty = false;                 // has output to try at the end of this iteration
         bool dead = false;                  // to be closed at the end of this iteration
@@ -1281,12 +1305,26 @@ private:
             if (c.state == State::closing) continue;  // discard: we are only waiting for EOF
             c.input.feed(buf, n);
             std::string_view frame;
-            while (c.state != State::closing && c.input.next(frame)) handle_frame(c, frame);
+            bool completed = false;
+            while (c.state != State::closing && c.input.next(frame)) {
+                handle_frame(c, frame);
+                completed = true;
+            }
             if (c.input.failed()) {
                 log_.add("error", who(c), "protocol error: " + c.input.error());
                 return refuse(c, "protocol error: " + c.input.error());
             }
+            track_partial_frame(c, completed);
         }
+    }
+    // A frame must arrive whole within frame_timeout of its first byte: a client that sends half
+    // a frame and stalls (slowloris) holds a buffer and a descriptor, so it is dropped.
+    void track_partial_frame(Connection& c, bool completed_one) {
+        if (c.state != State::joined || c.input.buffered() == 0) { c.partial = false; return; }
+        if (c.partial && !completed_one) return;  // the same frame is still arriving
+        c.partial_since = Clock::now();
+        if (!c.partial) partial_.push_back(c.info.id);
+        c.partial = true;
     }
     // The peer sent all it will (it may still read): deliver what is queued for it, then close.
     void peer_finished(Connection& c) {
@@ -1337,8 +1375,11 @@ private:
 
     // ---- writing --------------------------------------------------------------------------
     void relay(const SharedBytes& bytes, ClientId except) {
-        for (Connection* m : members_)
-            if (m->info.id != except && !m->dead) enqueue(*m, bytes);
+        // Over a copy: enqueue() may cut a member off (and its leave notice another), which
+        // reorders members_ mid-walk. Connections themselves live until the iteration ends.
+        const std::vector<Connection*> targets(members_);
+        for (Connection* m : targets)
+            if (m->info.id != except && m->state == State::joined && !m->dead) enqueue(*m, bytes);
     }
     void enqueue(Connection& c, SharedBytes bytes) {
         c.output.push(std::move(bytes));
@@ -1391,6 +1432,7 @@ private:
         if (c.dead) return;
         c.dead = true;
         if (c.state == State::joined) remove_member(c, reason);
+        c.state = State::closing;  // not a member any more: its later frames and its EOF must not count
         doomed_.push_back(c.socket.get());
     }
     void remove_member(Connection& c, const std::string& reason) {
@@ -1423,6 +1465,13 @@ private:
                 refuse(*c, "no username within " + std::to_string(options_.handshake_timeout.count()) + " ms");
             }
         }
+        sweep(partial_, [&](Connection& c) {
+            if (!c.partial) return true;
+            if (now - c.partial_since < options_.frame_timeout) return false;
+            log_.add("error", c.info.name, "incomplete frame");
+            refuse(c, "a frame took longer than " + std::to_string(options_.frame_timeout.count()) + " ms to arrive");
+            return true;
+        });
         sweep(over_soft_, [&](Connection& c) {
             if (!c.over_soft) return true;
             if (now - c.over_soft_since < options_.soft_limit_time) return false;
@@ -1452,7 +1501,7 @@ private:
         if (!dirty_.empty() || !doomed_.empty()) return 0;
         auto soonest = Clock::time_point::max();
         if (!naming_.empty()) soonest = naming_.front().when;
-        if (!over_soft_.empty()) soonest = std::min(soonest, Clock::now() + milliseconds(100));
+        if (!over_soft_.empty() || !partial_.empty()) soonest = std::min(soonest, Clock::now() + milliseconds(100));
         if (!closing_.empty()) soonest = std::min(soonest, Clock::now() + milliseconds(50));
         if (accepts_paused_) soonest = std::min(soonest, accept_resume_at_);
         long long ms = max_wait.count();  // negative: no limit of the caller's
@@ -1484,7 +1533,12 @@ private:
     }
 
     void shut_down() {
+        poller_.remove(listener_.get());
         listener_.close();
+        // Messages that reached us before the stop are still relayed and logged.
+        for (Connection* c : std::vector<Connection*>(members_))
+            if (!c->dead && c->state == State::joined) read_from(*c, false);
+        finish_iteration();
         broadcast("the server is stopping");
         for (auto& entry : connections_) {
             Connection& c = *entry.second;
@@ -1525,7 +1579,7 @@ private:
     std::unordered_map<ClientId, Connection*> by_id_;
     std::vector<Connection*> members_;  // joined users, in no particular order
     std::deque<Timer> naming_;
-    std::vector<ClientId> over_soft_, closing_, dirty_;
+    std::vector<ClientId> over_soft_, partial_, closing_, dirty_;
     std::vector<socket_t> doomed_;
     std::vector<PollEvent> events_;
     ClientId next_id_ = 1;
@@ -1543,7 +1597,6 @@ private:
 // explicit, because a library must not take over process-wide signal handling on its own.
 // One server at a time; a later call points the handler at another server.
 namespace detail {
-inline std::atomic<Server*> ctrl_c_target{nullptr};
 #if defined(_WIN32)
 inline BOOL WINAPI on_console_event(DWORD event) {  // runs on a thread of its own
     Server* s = ctrl_c_target.load();
@@ -1586,6 +1639,23 @@ struct Message {
 // with the socket. Works for a terminal, a pipe and a redirected file.
 class StdinLines {
 public:
+#if defined(_WIN32)
+    // On Windows the console also speaks UTF-8 while this exists, so "João" and "数据" print
+    // as themselves; the previous code pages come back afterwards.
+    StdinLines() : input_cp_(::GetConsoleCP()), output_cp_(::GetConsoleOutputCP()) {
+        ::SetConsoleCP(CP_UTF8);
+        ::SetConsoleOutputCP(CP_UTF8);
+    }
+    ~StdinLines() {
+        if (input_cp_) ::SetConsoleCP(input_cp_);
+        if (output_cp_) ::SetConsoleOutputCP(output_cp_);
+    }
+#else
+    StdinLines() = default;
+#endif
+    StdinLines(const StdinLines&) = delete;
+    StdinLines& operator=(const StdinLines&) = delete;
+
     // The next whole line, without its "\n" or "\r\n"; false when none is ready yet.
     bool next(std::string& line) {
         std::size_t end = buffer_.find('\n');
@@ -1673,6 +1743,7 @@ private:
         ::LeaveCriticalSection(&shared_->lock);
     }
     std::shared_ptr<Shared> shared_;
+    UINT input_cp_, output_cp_;
 #else
     static socket_t handle() { return 0; }
     // One read of what is there. Called when the poller says stdin is readable (or for a
@@ -1710,6 +1781,11 @@ public:
     // Connects within connect_timeout and sends the username. The server's answer (a welcome,
     // or a refusal and a close) arrives through poll().
     std::error_code connect(const std::string& host, std::uint16_t port, std::string_view username) {
+        // Nothing of an earlier connection (unsent bytes, half a frame, a sent EOF) carries over.
+        output_.clear();
+        sent_ = 0;
+        input_ = FrameDecoder(options_.max_payload);
+        have_sender_ = eof_sent_ = write_interest_ = false;
         std::error_code ec;
         socket_ = connect_tcp(host, port, options_.connect_timeout, ec);
         if (ec) return ec;

@@ -25,7 +25,9 @@ int main(int argc, char** argv) {
     }
 
     chatsock::Client client;
-    client.on_message = [](const chatsock::Message& m) {
+    bool refused = false;  // the server said "name refused: ...": the chat never started
+    client.on_message = [&refused](const chatsock::Message& m) {
+        if (m.from_server && m.text.rfind("name refused:", 0) == 0) refused = true;
         // printable() escapes control characters: no peer can clear or hijack this terminal.
         std::cout << chatsock::printable(m.from) << " > " << chatsock::printable(m.text) << std::endl;
     };
@@ -39,7 +41,7 @@ int main(int argc, char** argv) {
             if (std::error_code ec = client.send(line))
                 std::cerr << "demo_client: message not sent: " << ec.message() << "\n";
         }
-        if (input.eof()) return client.close() ? 0 : 1;  // delivers everything typed, then exits
+        if (input.eof()) return client.close() && !refused ? 0 : 1;  // delivers everything typed, then exits
     }
     std::cerr << "Connection closed by the server";
     if (client.close_reason() != "connection closed by the server") std::cerr << " (" << client.close_reason() << ")";

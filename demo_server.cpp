@@ -22,11 +22,11 @@ int main(int argc, char** argv) {
     options.diagnostics = [](std::string_view line) { std::cout << line << std::endl; };
 
     chatsock::Server server(options);
-    if (std::error_code ec = server.listen()) {
+    chatsock::stop_on_ctrl_c(server);  // Ctrl+C or SIGTERM: tell everyone, flush, close
+    if (std::error_code ec = server.listen()) {  // (handler first: "listening" means stoppable)
         std::cerr << "demo_server: " << server.error_context() << ": " << ec.message() << "\n";
         return 1;
     }
-    chatsock::stop_on_ctrl_c(server);  // Ctrl+C or SIGTERM: tell everyone, flush, close
     if (std::error_code ec = server.run()) {
         std::cerr << "demo_server: " << ec.message() << "\n";
         return 1;

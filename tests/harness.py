@@ -1,0 +1,319 @@
+"""harness.py — process plumbing shared by the end-to-end suites (tests/e2e_*.py).
+
+Not a test suite itself (run.sh runs tests/e2e_*.py only). Everything here is python3 stdlib:
+spawn the demo programs or the classic Python chat programs with pipes, collect their output
+on background threads, wait for expected output with deadlines, and make sure every process
+is reaped and every temporary directory removed.
+"""
+import errno
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import unittest
+
+TESTS = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(TESTS)
+DEMO_SERVER = os.path.join(ROOT, "demo_server")
+DEMO_CLIENT = os.path.join(ROOT, "demo_client")
+CLASSIC_SERVER = os.path.join(TESTS, "classic", "classic_server.py")
+CLASSIC_CLIENT = os.path.join(TESTS, "classic", "classic_client.py")
+
+HOST = "127.0.0.1"
+TIMEOUT = 5.0  # the bound on any single wait for something that should happen at once
+
+PIPE = subprocess.PIPE
+DEVNULL = subprocess.DEVNULL
+
+
+def build_demos():
+    """Builds demo_server and demo_client (a no-op when `make test` already did)."""
+    run = subprocess.run(["make", "-s", "demo_server", "demo_client"], cwd=ROOT,
+                         stdout=PIPE, stderr=subprocess.STDOUT, timeout=600)
+    if run.returncode != 0 or not (os.access(DEMO_SERVER, os.X_OK) and os.access(DEMO_CLIENT, os.X_OK)):
+        raise RuntimeError("building the demos failed:\n" + run.stdout.decode(errors="replace"))
+
+
+def frame(payload):
+    """One frame the way the classic Python programs write it: f"{len:<10}" + payload."""
+    if isinstance(payload, str):
+        payload = payload.encode("utf-8")
+    return f"{len(payload):<10}".encode() + payload
+
+
+def free_port():
+    """A port nobody listens on right now (bound, read back and released)."""
+    with socket.socket() as s:
+        s.bind((HOST, 0))
+        return s.getsockname()[1]
+
+
+class Proc:
+    """A child process with its stdout and stderr collected as they arrive."""
+
+    def __init__(self, args, cwd, stdin=PIPE, label=None):
+        self.label = label or os.path.basename(args[0])
+        self.args = args
+        deadline = time.monotonic() + TIMEOUT
+        while True:
+            try:  # a session of its own, so kill() also ends the children of a shell pipeline
+                self.p = subprocess.Popen(args, cwd=cwd, stdin=stdin, stdout=PIPE, stderr=PIPE,
+                                          start_new_session=True)
+                break
+            except OSError as e:  # "text file busy": a concurrent `make` is rewriting the binary
+                if e.errno != errno.ETXTBSY or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+        self._cond = threading.Condition()
+        self._data = {"out": bytearray(), "err": bytearray()}
+        self._open = {"out": True, "err": True}
+        self._threads = [threading.Thread(target=self._pump, args=(self.p.stdout, "out"), daemon=True),
+                         threading.Thread(target=self._pump, args=(self.p.stderr, "err"), daemon=True)]
+        for t in self._threads:
+            t.start()
+
+    def _pump(self, pipe, key):
+        fd = pipe.fileno()
+        while True:
+            try:
+                chunk = os.read(fd, 65536)
+            except OSError:
+                chunk = b""
+            with self._cond:
+                if chunk:
+                    self._data[key] += chunk
+                else:
+                    self._open[key] = False
+                self._cond.notify_all()
+            if not chunk:
+                return
+
+    # ---- output ------------------------------------------------------------------------------
+    @property
+    def out(self):
+        with self._cond:
+            return bytes(self._data["out"])
+
+    @property
+    def err(self):
+        with self._cond:
+            return bytes(self._data["err"])
+
+    def lines(self):
+        """stdout split at "\n" only (a stray "\r" must not look like a line break)."""
+        text = self.out.decode("utf-8", "replace")
+        return text[:-1].split("\n") if text.endswith("\n") else text.split("\n")
+
+    def describe(self):
+        return (f"{self.label} {self.args[1:]} (exit {self.p.poll()})\n"
+                f"  stdout: {self.out!r}\n  stderr: {self.err!r}")
+
+    def wait_for(self, pattern, timeout=TIMEOUT, stream="out"):
+        """Waits until the stream contains `pattern` (bytes/str substring or compiled regex);
+        returns the regex match or True. Fails (AssertionError) at the deadline, or as soon as
+        the stream has ended without it."""
+        if isinstance(pattern, str):
+            pattern = pattern.encode("utf-8")
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while True:
+                data = bytes(self._data[stream])
+                if isinstance(pattern, bytes):
+                    if pattern in data:
+                        return True
+                else:
+                    m = pattern.search(data)
+                    if m:
+                        return m
+                left = deadline - time.monotonic()
+                if left <= 0 or not self._open[stream]:
+                    break
+                self._cond.wait(min(left, 0.5))
+        raise AssertionError(f"{pattern!r} not seen on std{stream} within {timeout}s: {self.describe()}")
+
+    # ---- input and lifetime ------------------------------------------------------------------
+    def send(self, data):
+        if isinstance(data, str):
+            data = data.encode("utf-8")
+        self.p.stdin.write(data)
+        self.p.stdin.flush()
+
+    def close_stdin(self):
+        if self.p.stdin and not self.p.stdin.closed:
+            try:
+                self.p.stdin.close()
+            except OSError:
+                pass
+
+    def wait(self, timeout=TIMEOUT):
+        """The exit code; fails if the process is still running at the deadline."""
+        try:
+            rc = self.p.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"still running after {timeout}s: {self.describe()}") from None
+        for t in self._threads:  # the pipes end with the process (or its children)
+            t.join(timeout=TIMEOUT)
+        return rc
+
+    def signal(self, sig):
+        if self.p.poll() is None:
+            self.p.send_signal(sig)
+
+    def kill(self):
+        self.close_stdin()
+        if self.p.poll() is None:  # not reaped yet, so its group id is still ours
+            try:
+                os.killpg(self.p.pid, signal.SIGKILL)  # the process and anything it started
+            except OSError:
+                self.p.kill()
+        try:
+            self.p.wait(timeout=TIMEOUT)
+        except subprocess.TimeoutExpired:
+            pass
+        for t in self._threads:
+            t.join(timeout=1)
+        for pipe in (self.p.stdout, self.p.stderr):
+            try:
+                pipe.close()
+            except OSError:
+                pass
+
+
+LISTENING_DEMO = re.compile(rb"\Alistening on 127\.0\.0\.1:(\d+) \((\w+)\)\n")
+LISTENING_CLASSIC = re.compile(rb"Listening for connections on 127\.0\.0\.1:(\d+)\.\.\.\n")
+
+
+class ChatTestCase(unittest.TestCase):
+    """Each test runs in its own temporary directory; every process it spawns is killed and
+    reaped afterwards, whatever happened."""
+
+    def setUp(self):
+        self._tmp = tempfile.TemporaryDirectory(prefix="chatsock-e2e-")
+        self.dir = self._tmp.name
+        self.procs = []
+        self.addCleanup(self._tmp.cleanup)
+        self.addCleanup(self._reap)  # cleanups run last-in first-out: reap, then remove the dir
+
+    def _reap(self):
+        for p in reversed(self.procs):
+            p.kill()
+
+    def path(self, name):
+        return os.path.join(self.dir, name)
+
+    def spawn(self, args, stdin=PIPE, label=None):
+        p = Proc([str(a) for a in args], self.dir, stdin=stdin, label=label)
+        self.procs.append(p)
+        return p
+
+    # ---- demo programs -----------------------------------------------------------------------
+    def start_server(self, log="chat.log"):
+        """demo_server on an ephemeral port; returns (process, port)."""
+        args = [DEMO_SERVER, HOST, 0] + ([log] if log is not None else [])
+        server = self.spawn(args, stdin=DEVNULL, label="demo_server")
+        m = server.wait_for(LISTENING_DEMO)
+        return server, int(m.group(1))
+
+    def client(self, port, name=None, stdin=PIPE, joined=True):
+        """demo_client as `name`; with `joined`, waits for the server's welcome."""
+        args = [DEMO_CLIENT, HOST, port] + ([name] if name is not None else [])
+        c = self.spawn(args, stdin=stdin, label=f"demo_client[{name}]")
+        if joined and name is not None:
+            c.wait_for(f"server > welcome, {name}!")
+        return c
+
+    # ---- classic programs --------------------------------------------------------------------
+    def start_classic_server(self):
+        server = self.spawn([sys.executable, CLASSIC_SERVER, HOST, 0], stdin=DEVNULL, label="classic_server")
+        m = server.wait_for(LISTENING_CLASSIC)
+        return server, int(m.group(1))
+
+    def classic_client(self, port, name):
+        return self.spawn([sys.executable, CLASSIC_CLIENT, HOST, port, name], label=f"classic_client[{name}]")
+
+    def poke_until(self, classic, pattern, timeout=TIMEOUT):
+        """The classic client only reads the socket after a line of input: press Enter (an
+        empty line, which it does not send) until `pattern` shows up."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                classic.send(b"\n")
+            except OSError:
+                pass  # it has exited; wait_for below reports what it printed
+            try:
+                return classic.wait_for(pattern, timeout=0.1)
+            except AssertionError:
+                if time.monotonic() >= deadline or classic.p.poll() is not None:
+                    return classic.wait_for(pattern, timeout=0)
+
+    # ---- raw sockets -------------------------------------------------------------------------
+    def raw_connect(self, port, name=None):
+        s = socket.create_connection((HOST, port), timeout=TIMEOUT)
+        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.addCleanup(s.close)
+        if name is not None:
+            s.sendall(frame(name))
+        return s
+
+
+def recv_exactly(sock, n, timeout=TIMEOUT):
+    """n bytes from a socket; fails at the deadline or if the peer closes first."""
+    deadline = time.monotonic() + timeout
+    data = b""
+    while len(data) < n:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise AssertionError(f"only {data!r} of {n} bytes within {timeout}s")
+        sock.settimeout(left)
+        try:
+            chunk = sock.recv(n - len(data))
+        except socket.timeout:
+            continue
+        if not chunk:
+            raise AssertionError(f"connection closed after {data!r} of {n} bytes")
+        data += chunk
+    return data
+
+
+def recv_frame(sock, timeout=TIMEOUT):
+    """(header bytes, payload bytes) of the next frame, read the classic way."""
+    header = recv_exactly(sock, 10, timeout)
+    return header, recv_exactly(sock, int(header.decode("ascii").strip()), timeout)
+
+
+def recv_until_closed(sock, timeout=TIMEOUT):
+    """Everything the peer sends until it closes the connection."""
+    deadline = time.monotonic() + timeout
+    data = b""
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise AssertionError(f"not closed within {timeout}s; received {data!r}")
+        sock.settimeout(left)
+        try:
+            chunk = sock.recv(65536)
+        except socket.timeout:
+            continue
+        except ConnectionResetError:
+            return data
+        if not chunk:
+            return data
+        data += chunk
+
+
+def main(module_name):
+    """Runs the module's tests and ends with the line run.sh parses."""
+    suite = unittest.defaultTestLoader.loadTestsFromModule(sys.modules[module_name])
+    result = unittest.TextTestRunner(verbosity=2, stream=sys.stdout).run(suite)
+    bad = result.failures + result.errors + [(t, "") for t in result.unexpectedSuccesses]
+    failed = {getattr(t, "test_case", t).id() for t, _ in bad}  # a test with failed subtests counts once
+    skipped = {t.id() for t, _ in result.skipped} - failed
+    passed = max(result.testsRun - len(failed) - len(skipped), 0)
+    sys.stdout.flush()
+    print(f"RESULT passed={passed} failed={len(failed)}", flush=True)
+    sys.exit(1 if failed or result.testsRun == 0 else 0)
