@@ -56,6 +56,13 @@
 #  ifndef NOMINMAX
 #    define NOMINMAX
 #  endif
+// A <windows.h> included before this header without NOMINMAX (MSVC's) has made min and max
+// macros, which break std::min/std::max here and in the standard headers: set them aside until
+// the end of this header, which puts them back.
+#  pragma push_macro("min")
+#  pragma push_macro("max")
+#  undef min
+#  undef max
 #  ifndef WIN32_LEAN_AND_MEAN
 #    define WIN32_LEAN_AND_MEAN
 #  endif
@@ -147,6 +154,30 @@ public:
             out.pop_back();
         return out;
     }
+    // So portable code can test `ec == std::errc::connection_refused` here as on POSIX.
+    std::error_condition default_error_condition(int code) const noexcept override {
+        switch (code) {
+        case WSAEWOULDBLOCK: return std::errc::operation_would_block;
+        case WSAEINPROGRESS: return std::errc::operation_in_progress;
+        case WSAEINTR: return std::errc::interrupted;
+        case WSAECONNREFUSED: return std::errc::connection_refused;
+        case WSAECONNRESET: return std::errc::connection_reset;
+        case WSAECONNABORTED: return std::errc::connection_aborted;
+        case WSAENOTCONN: return std::errc::not_connected;
+        case WSAETIMEDOUT: return std::errc::timed_out;
+        case WSAEADDRINUSE: return std::errc::address_in_use;
+        case WSAEADDRNOTAVAIL: return std::errc::address_not_available;
+        case WSAENETUNREACH: return std::errc::network_unreachable;
+        case WSAEHOSTUNREACH: return std::errc::host_unreachable;
+        case WSAEAFNOSUPPORT: return std::errc::address_family_not_supported;
+        case WSAEMFILE: return std::errc::too_many_files_open;
+        case WSAENOBUFS: return std::errc::no_buffer_space;
+        case WSAEMSGSIZE: return std::errc::message_size;
+        case WSAEACCES: return std::errc::permission_denied;
+        case WSAEINVAL: return std::errc::invalid_argument;
+        default: return std::error_condition(code, *this);
+        }
+    }
 };
 inline const std::error_category& os_category() {
     static const winsock_category_impl category;
@@ -172,6 +203,9 @@ struct NetworkInit {
     NetworkInit(const NetworkInit&) : NetworkInit() {}
     NetworkInit& operator=(const NetworkInit&) { return *this; }
 };
+// The free functions (listen_tcp, connect_tcp, format_address) work without a Server or Client
+// alive: the first call starts Winsock for the rest of the process.
+inline void start_network() { static const NetworkInit process_wide; }
 #else
 inline const std::error_category& os_category() { return std::system_category(); }
 inline std::error_code last_error() { return {errno, std::system_category()}; }
@@ -189,6 +223,7 @@ inline constexpr int send_flags = 0;             // macOS/BSD: SO_NOSIGPIPE is s
 struct NetworkInit {
     NetworkInit() noexcept {}  // nothing to start on POSIX
 };
+inline void start_network() {}
 #endif
 
 // getaddrinfo() reports its own error codes; give them their own category and text.
@@ -267,6 +302,7 @@ using AddrInfoList = std::unique_ptr<addrinfo, AddrInfoDeleter>;
 
 inline AddrInfoList resolve(const std::string& host, std::uint16_t port, bool passive,
                             std::error_code& ec) {
+    start_network();
     addrinfo hints{};
     hints.ai_family = AF_UNSPEC;
     hints.ai_socktype = SOCK_STREAM;
@@ -291,6 +327,7 @@ inline std::error_code wait_writable(socket_t s, milliseconds timeout);
 
 // "127.0.0.1:1234" or "[::1]:1234" for a socket address.
 inline std::string format_address(const sockaddr* addr, socklen_t len) {
+    detail::start_network();
     char host[INET6_ADDRSTRLEN + 1] = "?";
     char port[8] = "0";
     ::getnameinfo(addr, len, host, sizeof host, port, sizeof port, NI_NUMERICHOST | NI_NUMERICSERV);
@@ -1343,6 +1380,7 @@ private:
         if (!is_valid_utf8(frame)) return send_to(c.info.id, "message not delivered: it is not valid UTF-8");
         std::string text(frame);
         if (on_message && !on_message(c.info, text)) return;
+        if (c.state != State::joined) return;  // the callback disconnected the sender
         log_.add("message", c.info.name, text);
         relay(encode_message(c.info.name, text), c.info.id);
     }
@@ -1383,6 +1421,12 @@ private:
     }
     void enqueue(Connection& c, SharedBytes bytes) {
         c.output.push(std::move(bytes));
+        if (c.output.size_bytes() > options_.output_hard_limit) {
+            // Writes wait for the end of the iteration; before calling this client slow, give
+            // it what its socket takes now (the log goes first, as always).
+            log_.flush(options_.diagnostics);
+            if (auto ec = c.output.write_to(c.socket.get())) return close_connection(c, "connection lost: " + ec.message());
+        }
         if (c.output.size_bytes() > options_.output_hard_limit)
             return close_connection(c, "too slow: output queue over " + std::to_string(options_.output_hard_limit) + " bytes");
         if (c.output.size_bytes() > options_.output_soft_limit && !c.over_soft) {
@@ -1781,6 +1825,7 @@ public:
     // Connects within connect_timeout and sends the username. The server's answer (a welcome,
     // or a refusal and a close) arrives through poll().
     std::error_code connect(const std::string& host, std::uint16_t port, std::string_view username) {
+        if (open_) return std::make_error_code(std::errc::already_connected);
         // Nothing of an earlier connection (unsent bytes, half a frame, a sent EOF) carries over.
         output_.clear();
         sent_ = 0;
@@ -1934,5 +1979,10 @@ private:
 };
 
 }  // namespace chatsock
+
+#if defined(_WIN32)
+#  pragma pop_macro("max")
+#  pragma pop_macro("min")
+#endif
 
 #endif  // CHATSOCK_HPP

@@ -4,10 +4,20 @@ Not a test suite itself (run.sh runs tests/e2e_*.py only). Everything here is py
 spawn the demo programs or the classic Python chat programs with pipes, collect their output
 on background threads, wait for expected output with deadlines, and make sure every process
 is reaped and every temporary directory removed.
+
+Which demo programs run, from the environment (tests/run_windows.sh sets these):
+  CHATSOCK_SERVER_CMD   a command prefix for the server, e.g. "wine /abs/path/demo_server.exe"
+  CHATSOCK_CLIENT_CMD   the same for the client
+  CHATSOCK_BIN_DIR      a folder holding demo_server and demo_client (ctest passes the CMake one)
+By default, ./demo_server and ./demo_client in the source tree, built with make when needed.
+A command naming a .exe is a Windows program: its stdout and stderr are read with "\r\n" as
+"\n" (the C runtime's text mode), and tests that cannot apply to it are skipped with a reason.
 """
 import errno
 import os
 import re
+import shlex
+import shutil
 import signal
 import socket
 import subprocess
@@ -19,8 +29,31 @@ import unittest
 
 TESTS = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(TESTS)
-DEMO_SERVER = os.path.join(ROOT, "demo_server")
-DEMO_CLIENT = os.path.join(ROOT, "demo_client")
+NATIVE_SERVER = [os.path.join(ROOT, "demo_server")]
+NATIVE_CLIENT = [os.path.join(ROOT, "demo_client")]
+
+
+def _program(variable, name):
+    """The command (a list) that runs demo program `name`; see the module's docstring."""
+    if os.environ.get(variable):
+        return shlex.split(os.environ[variable])
+    bin_dir = os.environ.get("CHATSOCK_BIN_DIR")
+    if bin_dir:
+        path = os.path.join(bin_dir, name)
+        return [path + ".exe" if not os.path.exists(path) and os.path.exists(path + ".exe") else path]
+    return [os.path.join(ROOT, name)]
+
+
+def is_windows(command):
+    """Whether a command (a list or a shell string) runs a Windows program."""
+    text = command if isinstance(command, str) else " ".join(str(a) for a in command)
+    return ".exe" in text.lower()
+
+
+DEMO_SERVER = _program("CHATSOCK_SERVER_CMD", "demo_server")  # lists: spawn([*DEMO_SERVER, args...])
+DEMO_CLIENT = _program("CHATSOCK_CLIENT_CMD", "demo_client")
+SERVER_ON_WINDOWS = is_windows(DEMO_SERVER)
+CLIENT_ON_WINDOWS = is_windows(DEMO_CLIENT)
 CLASSIC_SERVER = os.path.join(TESTS, "classic", "classic_server.py")
 CLASSIC_CLIENT = os.path.join(TESTS, "classic", "classic_client.py")
 
@@ -32,10 +65,18 @@ DEVNULL = subprocess.DEVNULL
 
 
 def build_demos():
-    """Builds demo_server and demo_client (a no-op when `make test` already did)."""
+    """Builds demo_server and demo_client (a no-op when `make test` already did). Programs
+    chosen through the environment are only checked: they must exist already."""
+    chosen = [c for c in (DEMO_SERVER, DEMO_CLIENT) if c not in (NATIVE_SERVER, NATIVE_CLIENT)]
+    for command in chosen:
+        files = [a for a in command[1:] if os.path.sep in a]  # e.g. the .exe after "wine"
+        if not shutil.which(command[0]) or any(not os.path.isfile(f) for f in files):
+            raise RuntimeError(f"demo program not found: {shlex.join(command)}")
+    if len(chosen) == 2:
+        return
     run = subprocess.run(["make", "-s", "demo_server", "demo_client"], cwd=ROOT,
                          stdout=PIPE, stderr=subprocess.STDOUT, timeout=600)
-    if run.returncode != 0 or not (os.access(DEMO_SERVER, os.X_OK) and os.access(DEMO_CLIENT, os.X_OK)):
+    if run.returncode != 0 or not all(os.access(p[0], os.X_OK) for p in (NATIVE_SERVER, NATIVE_CLIENT)):
         raise RuntimeError("building the demos failed:\n" + run.stdout.decode(errors="replace"))
 
 
@@ -53,17 +94,23 @@ def free_port():
         return s.getsockname()[1]
 
 
-class Proc:
-    """A child process with its stdout and stderr collected as they arrive."""
+# wine: no debug chatter on stderr, where the tests look for the programs' own messages.
+CHILD_ENV = dict(os.environ, WINEDEBUG=os.environ.get("WINEDEBUG", "-all"))
 
-    def __init__(self, args, cwd, stdin=PIPE, label=None):
+
+class Proc:
+    """A child process with its stdout and stderr collected as they arrive. With crlf (a
+    Windows program), "\r\n" reads as "\n"; raw_out keeps the bytes exactly as written."""
+
+    def __init__(self, args, cwd, stdin=PIPE, label=None, crlf=False):
         self.label = label or os.path.basename(args[0])
         self.args = args
+        self.crlf = crlf
         deadline = time.monotonic() + TIMEOUT
         while True:
             try:  # a session of its own, so kill() also ends the children of a shell pipeline
                 self.p = subprocess.Popen(args, cwd=cwd, stdin=stdin, stdout=PIPE, stderr=PIPE,
-                                          start_new_session=True)
+                                          start_new_session=True, env=CHILD_ENV)
                 break
             except OSError as e:  # "text file busy": a concurrent `make` is rewriting the binary
                 if e.errno != errno.ETXTBSY or time.monotonic() > deadline:
@@ -71,6 +118,7 @@ class Proc:
                 time.sleep(0.05)
         self._cond = threading.Condition()
         self._data = {"out": bytearray(), "err": bytearray()}
+        self._raw = {"out": bytearray(), "err": bytearray()}
         self._open = {"out": True, "err": True}
         self._threads = [threading.Thread(target=self._pump, args=(self.p.stdout, "out"), daemon=True),
                          threading.Thread(target=self._pump, args=(self.p.stderr, "err"), daemon=True)]
@@ -85,9 +133,18 @@ class Proc:
             except OSError:
                 chunk = b""
             with self._cond:
-                if chunk:
+                raw = self._raw[key]
+                pending_cr = self.crlf and raw.endswith(b"\r")  # held back: half of a "\r\n"?
+                raw += chunk
+                if not self.crlf:
                     self._data[key] += chunk
-                else:
+                elif chunk:
+                    text = (b"\r" if pending_cr else b"") + chunk
+                    text = text[:-1] if text.endswith(b"\r") else text
+                    self._data[key] += text.replace(b"\r\n", b"\n")
+                elif pending_cr:
+                    self._data[key] += b"\r"  # the stream ended on a lone "\r"
+                if not chunk:
                     self._open[key] = False
                 self._cond.notify_all()
             if not chunk:
@@ -103,6 +160,12 @@ class Proc:
     def err(self):
         with self._cond:
             return bytes(self._data["err"])
+
+    @property
+    def raw_out(self):
+        """stdout byte for byte, line endings as the program wrote them."""
+        with self._cond:
+            return bytes(self._raw["out"])
 
     def lines(self):
         """stdout split at "\n" only (a stray "\r" must not look like a line break)."""
@@ -207,21 +270,22 @@ class ChatTestCase(unittest.TestCase):
         return os.path.join(self.dir, name)
 
     def spawn(self, args, stdin=PIPE, label=None):
-        p = Proc([str(a) for a in args], self.dir, stdin=stdin, label=label)
+        args = [str(a) for a in args]
+        p = Proc(args, self.dir, stdin=stdin, label=label, crlf=is_windows(args))
         self.procs.append(p)
         return p
 
     # ---- demo programs -----------------------------------------------------------------------
-    def start_server(self, log="chat.log"):
-        """demo_server on an ephemeral port; returns (process, port)."""
-        args = [DEMO_SERVER, HOST, 0] + ([log] if log is not None else [])
+    def start_server(self, log="chat.log", program=None):
+        """demo_server (or `program`, a command list) on an ephemeral port; returns (process, port)."""
+        args = [*(program or DEMO_SERVER), HOST, 0] + ([log] if log is not None else [])
         server = self.spawn(args, stdin=DEVNULL, label="demo_server")
         m = server.wait_for(LISTENING_DEMO)
         return server, int(m.group(1))
 
-    def client(self, port, name=None, stdin=PIPE, joined=True):
-        """demo_client as `name`; with `joined`, waits for the server's welcome."""
-        args = [DEMO_CLIENT, HOST, port] + ([name] if name is not None else [])
+    def client(self, port, name=None, stdin=PIPE, joined=True, program=None):
+        """demo_client (or `program`) as `name`; with `joined`, waits for the server's welcome."""
+        args = [*(program or DEMO_CLIENT), HOST, port] + ([name] if name is not None else [])
         c = self.spawn(args, stdin=stdin, label=f"demo_client[{name}]")
         if joined and name is not None:
             c.wait_for(f"server > welcome, {name}!")
@@ -306,14 +370,27 @@ def recv_until_closed(sock, timeout=TIMEOUT):
         data += chunk
 
 
+def skip_if_windows_server(reason):
+    """Skips a test that cannot apply to a Windows demo_server (under wine), saying why."""
+    return unittest.skipIf(SERVER_ON_WINDOWS, f"Windows server: {reason}")
+
+
 def main(module_name):
-    """Runs the module's tests and ends with the line run.sh parses."""
-    suite = unittest.defaultTestLoader.loadTestsFromModule(sys.modules[module_name])
+    """Runs the module's tests (or those named on the command line, e.g. "Conversation" or
+    "Names.test_bad_names_are_refused") and ends with the line run.sh parses. A skipped test
+    counts as neither passed nor failed."""
+    module = sys.modules[module_name]
+    names = sys.argv[1:]
+    loader = unittest.defaultTestLoader
+    suite = loader.loadTestsFromNames(names, module) if names else loader.loadTestsFromModule(module)
+    print(f"server: {shlex.join(DEMO_SERVER)}\nclient: {shlex.join(DEMO_CLIENT)}", flush=True)
     result = unittest.TextTestRunner(verbosity=2, stream=sys.stdout).run(suite)
     bad = result.failures + result.errors + [(t, "") for t in result.unexpectedSuccesses]
     failed = {getattr(t, "test_case", t).id() for t, _ in bad}  # a test with failed subtests counts once
     skipped = {t.id() for t, _ in result.skipped} - failed
     passed = max(result.testsRun - len(failed) - len(skipped), 0)
     sys.stdout.flush()
-    print(f"RESULT passed={passed} failed={len(failed)}", flush=True)
+    for test, reason in result.skipped:
+        print(f"SKIPPED {test.id()}: {reason}")
+    print(f"RESULT passed={passed} failed={len(failed)} skipped={len(skipped)}", flush=True)
     sys.exit(1 if failed or result.testsRun == 0 else 0)

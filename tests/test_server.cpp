@@ -1,0 +1,1159 @@
+// The server over loopback, in process and single-threaded: each test drives server.run_once()
+// and its clients' poll() in turn (cst::pump). Only the stop-from-another-thread tests use a
+// thread, and only where threads exist.
+#include "chatsock.hpp"
+#include "support.hpp"
+
+#include <doctest/doctest.h>
+
+#include <algorithm>
+#include <fstream>
+#include <memory>
+#include <string>
+#include <utility>
+#include <vector>
+
+#if !defined(_WIN32)
+#  include <atomic>
+#  include <thread>
+#endif
+
+using namespace std::string_literals;
+using chatsock::milliseconds;
+using cst::Clock;
+using cst::ChatUser;
+using cst::RawPeer;
+
+namespace {
+
+struct Leave {
+    std::string name, reason;
+};
+
+// "2026-11-25T03:39:03.123Z": checked by hand (std::regex trips g++ 12's warnings under ASan).
+bool is_iso8601_utc_ms(const std::string& t) {
+    const std::string shape = "dddd-dd-ddTdd:dd:dd.dddZ";
+    if (t.size() != shape.size()) return false;
+    for (std::size_t i = 0; i < t.size(); ++i) {
+        if (shape[i] == 'd' ? !(t[i] >= '0' && t[i] <= '9') : t[i] != shape[i]) return false;
+    }
+    const int month = std::stoi(t.substr(5, 2)), day = std::stoi(t.substr(8, 2));
+    const int hour = std::stoi(t.substr(11, 2)), minute = std::stoi(t.substr(14, 2)), second = std::stoi(t.substr(17, 2));
+    return month >= 1 && month <= 12 && day >= 1 && day <= 31 && hour < 24 && minute < 60 && second < 61;
+}
+
+bool has_line(const std::vector<std::string>& lines, const std::string& needle) {
+    for (const auto& l : lines)
+        if (l.find(needle) != std::string::npos) return true;
+    return false;
+}
+
+std::size_t count_messages(const ChatUser& u, std::string_view from, std::string_view text) {
+    std::size_t n = 0;
+    for (const auto& m : u.inbox) n += m.from == from && m.text == text;
+    return n;
+}
+
+}  // namespace
+
+TEST_SUITE("server") {
+
+TEST_CASE("the timestamp checker used below can fail") {
+    CHECK(is_iso8601_utc_ms("2026-11-25T03:39:03.123Z"));
+    CHECK_FALSE(is_iso8601_utc_ms("2026-11-25 03:39:03.123Z"));
+    CHECK_FALSE(is_iso8601_utc_ms("2026-11-25T03:39:03.123"));
+    CHECK_FALSE(is_iso8601_utc_ms("2026-13-25T03:39:03.123Z"));
+    CHECK_FALSE(is_iso8601_utc_ms("2026-11-25T03:39:03,123Z"));
+}
+
+TEST_CASE("two clients chat; the sender never gets its own message") {
+    chatsock::Server server(cst::quiet_options());
+    const auto port = cst::start(server);
+    ChatUser alice, bob;
+    cst::join_wait(server, alice, port, "alice");
+    CHECK(alice.got("server", "welcome, alice! 0 other users online"));
+    cst::join_wait(server, bob, port, "bob");
+    CHECK(bob.got("server", "welcome, bob! 1 other user online"));
+    REQUIRE(cst::pump(server, [&] { return alice.got("server", "bob joined"); }, alice, bob));
+
+    REQUIRE_FALSE(alice.client.send("hello bob"));
+    REQUIRE(cst::pump(server, [&] { return bob.got("alice", "hello bob"); }, alice, bob));
+    // Bob answers; alice's stream has anything the server sent her before the answer.
+    REQUIRE_FALSE(bob.client.send("hi alice"));
+    REQUIRE(cst::pump(server, [&] { return alice.got("bob", "hi alice"); }, alice, bob));
+    CHECK(alice.count_from("alice") == 0);
+    CHECK(bob.count_from("bob") == 0);
+    CHECK_FALSE(bob.got("alice", "hi alice"));
+
+    for (const auto& m : bob.inbox) {
+        CAPTURE(m.from);
+        CHECK(m.from_server == (m.from == "server"));
+    }
+    // A third user gets the count right and everyone else hears of it.
+    ChatUser carol;
+    cst::join_wait(server, carol, port, "carol");
+    CHECK(carol.got("server", "welcome, carol! 2 other users online"));
+    REQUIRE(cst::pump(server, [&] { return alice.got("server", "carol joined") && bob.got("server", "carol joined"); },
+                      alice, bob, carol));
+    CHECK_FALSE(carol.got("server", "carol joined"));
+}
+
+TEST_CASE("join and leave notices come from the server, and callbacks see them") {
+    chatsock::Server server(cst::quiet_options());
+    std::vector<chatsock::ClientInfo> joins;
+    std::vector<Leave> leaves;
+    server.on_join = [&](const chatsock::ClientInfo& c) { joins.push_back(c); };
+    server.on_leave = [&](const chatsock::ClientInfo& c, std::string_view reason) {
+        leaves.push_back({c.name, std::string(reason)});
+    };
+    const auto port = cst::start(server);
+    CHECK(server.client_count() == 0);
+    ChatUser alice, bob;
+    cst::join_wait(server, alice, port, "alice");
+    cst::join_wait(server, bob, port, "bob");
+    REQUIRE(joins.size() == 2);
+    CHECK(joins[0].name == "alice");
+    CHECK(joins[1].name == "bob");
+    CHECK(joins[0].id != joins[1].id);
+    CHECK(joins[0].id != chatsock::no_client);
+    CHECK(joins[1].peer.rfind("127.0.0.1:", 0) == 0);
+    CHECK(server.client_count() == 2);
+    CHECK(server.connection_count() == 2);
+    auto infos = server.clients();
+    REQUIRE(infos.size() == 2);
+    CHECK(((infos[0].name == "alice" && infos[1].name == "bob") || (infos[0].name == "bob" && infos[1].name == "alice")));
+
+    REQUIRE(cst::pump(server, [&] { return alice.got("server", "bob joined"); }, alice, bob));
+    const chatsock::Message* notice = nullptr;
+    for (const auto& m : alice.inbox)
+        if (m.text == "bob joined") notice = &m;
+    REQUIRE(notice);
+    CHECK(notice->from == "server");
+    CHECK(notice->from_server);
+
+    bob.client.finish();
+    REQUIRE(cst::pump(server, [&] { return !bob.client.is_open() && alice.got("server", "bob left"); }, alice, bob));
+    CHECK(bob.client.close_reason() == "connection closed by the server");
+    REQUIRE(leaves.size() == 1);
+    CHECK(leaves[0].name == "bob");
+    CHECK(leaves[0].reason == "left");
+    CHECK(server.client_count() == 1);
+    REQUIRE(cst::pump(server, [&] { return server.connection_count() == 1; }, alice));
+}
+
+TEST_CASE("a custom server_name names the notices and is reserved") {
+    auto options = cst::quiet_options();
+    options.server_name = "hub";
+    chatsock::Server server(options);
+    const auto port = cst::start(server);
+    chatsock::ClientOptions client_options;
+    client_options.server_name = "hub";
+    ChatUser alice(client_options), bob(client_options);
+    cst::join_wait(server, alice, port, "alice");
+    REQUIRE(alice.got("hub", "welcome, alice! 0 other users online"));
+    CHECK(alice.inbox.front().from_server);
+    // "server" is an ordinary name now; "HUB" is not.
+    cst::join_wait(server, bob, port, "server");
+    REQUIRE(cst::pump(server, [&] { return alice.got("hub", "server joined"); }, alice, bob));
+    REQUIRE_FALSE(bob.client.send("hi from a user called server"));
+    REQUIRE(cst::pump(server, [&] { return alice.got("server", "hi from a user called server"); }, alice, bob));
+    for (const auto& m : alice.inbox) {
+        CAPTURE(m.text);
+        CHECK(m.from_server == (m.from == "hub"));
+    }
+    ChatUser fake(client_options);
+    REQUIRE_FALSE(fake.join(port, "HUB"));
+    REQUIRE(cst::pump(server, [&] { return !fake.client.is_open(); }, fake));
+    CHECK(fake.got("hub", "name refused: the name \"HUB\" is reserved"));
+}
+
+TEST_CASE("refused names: the client is told why and closed") {
+    std::vector<std::string> diagnostics;
+    chatsock::Server server(cst::capturing_options(diagnostics));
+    std::size_t joins = 0;
+    server.on_join = [&](const chatsock::ClientInfo&) { ++joins; };
+    const auto port = cst::start(server);
+    ChatUser alice;
+    cst::join_wait(server, alice, port, "alice");
+    REQUIRE(joins == 1);
+
+    std::string name, reason;
+    SUBCASE("taken, ignoring case") { name = "ALICE"; reason = "the name \"ALICE\" is taken"; }
+    SUBCASE("empty") { name = ""; reason = "the name is empty"; }
+    SUBCASE("33 bytes") { name = std::string(33, 'n'); reason = "the name is longer than 32 bytes"; }
+    SUBCASE("invalid UTF-8") { name = "bad\xff"; reason = "the name is not valid UTF-8"; }
+    SUBCASE("control character") { name = "evil\x1b[2J"; reason = "the name contains control characters"; }
+    SUBCASE("reserved") { name = "Server"; reason = "the name \"Server\" is reserved"; }
+    SUBCASE("leading space") { name = " alice"; reason = "the name starts or ends with a space"; }
+    CAPTURE(name);
+
+    ChatUser intruder;
+    REQUIRE_FALSE(intruder.join(port, name));
+    REQUIRE(cst::pump(server, [&] { return !intruder.client.is_open(); }, intruder, alice));
+    REQUIRE(intruder.inbox.size() == 1);
+    CHECK(intruder.inbox[0].from == "server");
+    CHECK(intruder.inbox[0].from_server);
+    CHECK(intruder.inbox[0].text == "name refused: " + reason);
+    CHECK(intruder.client.close_reason() == "connection closed by the server");
+    CHECK(joins == 1);
+    CHECK(server.client_count() == 1);
+    CHECK(has_line(diagnostics, ": " + reason));
+    REQUIRE(cst::pump(server, [&] { return server.connection_count() == 1; }, alice));
+    // Alice heard nothing about it, and the chat still works.
+    cst::run_for(milliseconds(20), server, alice);
+    CHECK(alice.inbox.size() == 1);
+    ChatUser bob;
+    cst::join_wait(server, bob, port, "bob");
+    REQUIRE_FALSE(bob.client.send("still here"));
+    REQUIRE(cst::pump(server, [&] { return alice.got("bob", "still here"); }, alice, bob));
+}
+
+TEST_CASE("the 32-byte name limit is in bytes and configurable") {
+    auto options = cst::quiet_options();
+    options.max_name_bytes = 8;
+    chatsock::Server server(options);
+    const auto port = cst::start(server);
+    ChatUser ok, long_name;
+    cst::join_wait(server, ok, port, "12345678");
+    REQUIRE_FALSE(long_name.join(port, "123456789"));
+    REQUIRE(cst::pump(server, [&] { return !long_name.client.is_open(); }, long_name));
+    CHECK(long_name.got("server", "name refused: the name is longer than 8 bytes"));
+}
+
+TEST_CASE("a connection that sends no username in time is told and closed") {
+    auto options = cst::quiet_options();
+    options.handshake_timeout = milliseconds(200);
+    chatsock::Server server(options);
+    std::size_t joins = 0;
+    server.on_join = [&](const chatsock::ClientInfo&) { ++joins; };
+    const auto port = cst::start(server);
+    RawPeer silent;
+    silent.connect(port);
+    const auto t0 = Clock::now();
+    REQUIRE(cst::pump(server, [&] { return silent.ended(); }, silent));
+    const auto ms = cst::elapsed_ms(t0);
+    CHECK(ms >= 150);
+    CHECK(ms < 2000);
+    REQUIRE(silent.messages.size() == 1);
+    CHECK(silent.messages[0].from == "server");
+    CHECK(silent.messages[0].text == "no username within 200 ms");
+    CHECK(joins == 0);
+    silent.close();
+    REQUIRE(cst::pump(server, [&] { return server.connection_count() == 0; }));
+
+    // A client that names itself in time is not affected, even after the timeout has passed.
+    ChatUser alice;
+    cst::join_wait(server, alice, port, "alice");
+    cst::run_for(milliseconds(300), server, alice);
+    CHECK(alice.client.is_open());
+    CHECK(server.client_count() == 1);
+}
+
+TEST_CASE("max_clients: connections beyond it are told and closed") {
+    auto options = cst::quiet_options();
+    options.max_clients = 2;
+    chatsock::Server server(options);
+    const auto port = cst::start(server);
+    ChatUser alice, bob, carol;
+    cst::join_wait(server, alice, port, "alice");
+    cst::join_wait(server, bob, port, "bob");
+    REQUIRE_FALSE(carol.join(port, "carol"));
+    REQUIRE(cst::pump(server, [&] { return !carol.client.is_open(); }, carol));
+    REQUIRE(carol.inbox.size() == 1);
+    CHECK(carol.inbox[0].from == "server");
+    CHECK(carol.inbox[0].text == "the server is full (2 clients)");
+    CHECK(server.client_count() == 2);
+    REQUIRE(cst::pump(server, [&] { return server.connection_count() == 2; }, alice, bob));
+    CHECK_FALSE(alice.got("server", "carol joined"));
+
+    // Once someone leaves there is room again.
+    bob.client.finish();
+    REQUIRE(cst::pump(server, [&] { return server.connection_count() == 1; }, alice, bob));
+    ChatUser dave;
+    cst::join_wait(server, dave, port, "dave");
+    CHECK(server.client_count() == 2);
+}
+
+TEST_CASE("a protocol error disconnects that client only") {
+    chatsock::Server server(cst::quiet_options());
+    std::vector<Leave> leaves;
+    server.on_leave = [&](const chatsock::ClientInfo& c, std::string_view reason) {
+        leaves.push_back({c.name, std::string(reason)});
+    };
+    const auto port = cst::start(server);
+    ChatUser alice, bob;
+    cst::join_wait(server, alice, port, "alice");
+    cst::join_wait(server, bob, port, "bob");
+
+    SUBCASE("a bad header after joining") {
+        RawPeer mallory;
+        cst::raw_join(server, mallory, port, "mallory");
+        REQUIRE(mallory.send("abc       "));
+        REQUIRE(cst::pump(server, [&] { return mallory.ended(); }, mallory, alice, bob));
+        CHECK(mallory.messages.back().from == "server");
+        CHECK(mallory.messages.back().text == "protocol error: bad frame header \"abc       \"");
+        REQUIRE(leaves.size() == 1);
+        CHECK(leaves[0].name == "mallory");
+        CHECK(leaves[0].reason == "protocol error: bad frame header \"abc       \"");
+        REQUIRE(cst::pump(server, [&] {
+            return alice.got("server", "mallory left (protocol error: bad frame header \"abc       \")");
+        }, alice, bob));
+    }
+    SUBCASE("a bad header instead of a username") {
+        RawPeer mallory;
+        mallory.connect(port);
+        REQUIRE(mallory.send("-1        "));
+        REQUIRE(cst::pump(server, [&] { return mallory.ended(); }, mallory, alice, bob));
+        REQUIRE(mallory.messages.size() == 1);
+        CHECK(mallory.messages[0].text == "protocol error: bad frame header \"-1        \"");
+        CHECK(leaves.empty());  // never joined
+    }
+    SUBCASE("a header over the payload limit, refused before the payload") {
+        RawPeer mallory;
+        cst::raw_join(server, mallory, port, "mallory");
+        REQUIRE(mallory.send("9999999999"));
+        REQUIRE(cst::pump(server, [&] { return mallory.ended(); }, mallory, alice, bob));
+        CHECK(mallory.messages.back().text == "protocol error: frame of 9999999999 bytes is over the limit of 65536");
+        REQUIRE(leaves.size() == 1);
+        CHECK(leaves[0].reason == "protocol error: frame of 9999999999 bytes is over the limit of 65536");
+    }
+    SUBCASE("one byte over a configured limit") {
+        RawPeer mallory;
+        cst::raw_join(server, mallory, port, "mallory");
+        REQUIRE(mallory.send("65537     "));
+        REQUIRE(cst::pump(server, [&] { return mallory.ended(); }, mallory, alice, bob));
+        CHECK(mallory.messages.back().text == "protocol error: frame of 65537 bytes is over the limit of 65536");
+    }
+    CHECK(server.client_count() == 2);
+    REQUIRE_FALSE(alice.client.send("unaffected"));
+    REQUIRE(cst::pump(server, [&] { return bob.got("alice", "unaffected"); }, alice, bob));
+    CHECK(alice.client.is_open());
+    CHECK(bob.client.is_open());
+}
+
+TEST_CASE("a message that is not valid UTF-8 is not relayed; the sender is told") {
+    chatsock::Server server(cst::quiet_options());
+    const auto port = cst::start(server);
+    ChatUser alice, bob;
+    cst::join_wait(server, alice, port, "alice");
+    cst::join_wait(server, bob, port, "bob");
+    REQUIRE_FALSE(alice.client.send("bad \xff\xfe bytes"));
+    REQUIRE_FALSE(alice.client.send("\xED\xA0\x80"));  // a surrogate
+    REQUIRE_FALSE(alice.client.send("good"));
+    REQUIRE(cst::pump(server, [&] { return bob.got("alice", "good"); }, alice, bob));
+    REQUIRE(cst::pump(server, [&] {
+        return count_messages(alice, "server", "message not delivered: it is not valid UTF-8") == 2;
+    }, alice, bob));
+    CHECK(bob.texts_from("alice") == std::vector<std::string>{"good"});
+    CHECK(alice.client.is_open());  // told, not disconnected
+}
+
+TEST_CASE("an empty message is not relayed") {
+    chatsock::Server server(cst::quiet_options());
+    std::size_t callbacks = 0;
+    server.on_message = [&](const chatsock::ClientInfo&, std::string&) { ++callbacks; return true; };
+    const auto port = cst::start(server);
+    ChatUser alice, bob;
+    cst::join_wait(server, alice, port, "alice");
+    cst::join_wait(server, bob, port, "bob");
+    REQUIRE_FALSE(alice.client.send(""));
+    REQUIRE_FALSE(alice.client.send("after"));
+    REQUIRE(cst::pump(server, [&] { return bob.got("alice", "after"); }, alice, bob));
+    CHECK(bob.texts_from("alice") == std::vector<std::string>{"after"});
+    CHECK(callbacks == 1);
+    CHECK(alice.client.is_open());
+}
+
+TEST_CASE("on_message can rewrite a message or drop it") {
+    cst::TempDir dir;
+    auto options = cst::quiet_options();
+    options.log_path = dir.file("chat.log");
+    chatsock::Server server(options);
+    std::vector<std::string> seen_by_callback;
+    server.on_message = [&](const chatsock::ClientInfo& from, std::string& text) {
+        seen_by_callback.push_back(from.name + ":" + text);
+        if (text == "drop me") return false;
+        text = "[" + from.name + "] " + text;
+        return true;
+    };
+    const auto port = cst::start(server);
+    ChatUser alice, bob;
+    cst::join_wait(server, alice, port, "alice");
+    cst::join_wait(server, bob, port, "bob");
+    REQUIRE_FALSE(alice.client.send("drop me"));
+    REQUIRE_FALSE(alice.client.send("hello"));
+    REQUIRE(cst::pump(server, [&] { return bob.got("alice", "[alice] hello"); }, alice, bob));
+    CHECK(bob.texts_from("alice") == std::vector<std::string>{"[alice] hello"});
+    CHECK(seen_by_callback == std::vector<std::string>{"alice:drop me", "alice:hello"});
+    const std::string log = cst::read_file(options.log_path);
+    CHECK(log.find("\tmessage\talice\t[alice] hello\n") != std::string::npos);
+    CHECK(log.find("drop me") == std::string::npos);  // a dropped message is not logged
+    // The sender is not told about a dropped message, nor sent the rewritten one.
+    REQUIRE_FALSE(bob.client.send("ping"));
+    REQUIRE(cst::pump(server, [&] { return alice.got("bob", "[bob] ping"); }, alice, bob));
+    CHECK(alice.count_from("alice") == 0);
+}
+
+TEST_CASE("callbacks can send_to, broadcast and disconnect") {
+    chatsock::Server server(cst::quiet_options());
+    std::vector<Leave> leaves;
+    chatsock::ClientId bob_id = chatsock::no_client;
+    server.on_join = [&](const chatsock::ClientInfo& c) {
+        server.send_to(c.id, "rules: be nice");
+        server.send_to(c.id, "psst", "bot");
+        if (c.name == "bob") bob_id = c.id;
+    };
+    server.on_message = [&](const chatsock::ClientInfo& from, std::string& text) {
+        if (text == "/kick bob") {
+            server.disconnect(bob_id, "kicked by " + from.name);
+            return false;
+        }
+        if (text == "/announce") {
+            server.broadcast("announcement");                          // to everyone, from the server
+            server.broadcast("from the bot", "bot", from.id);          // to everyone but the sender
+            return false;
+        }
+        return true;
+    };
+    server.on_leave = [&](const chatsock::ClientInfo& c, std::string_view reason) {
+        leaves.push_back({c.name, std::string(reason)});
+    };
+    const auto port = cst::start(server);
+    ChatUser alice, bob;
+    cst::join_wait(server, alice, port, "alice");
+    cst::join_wait(server, bob, port, "bob");
+    REQUIRE(cst::pump(server, [&] { return bob.got("server", "rules: be nice") && bob.got("bot", "psst"); }, alice, bob));
+    for (const auto& m : bob.inbox) {
+        if (m.from == "bot") CHECK_FALSE(m.from_server);
+    }
+    REQUIRE_FALSE(alice.client.send("/announce"));
+    REQUIRE(cst::pump(server, [&] {
+        return alice.got("server", "announcement") && bob.got("server", "announcement") && bob.got("bot", "from the bot");
+    }, alice, bob));
+    REQUIRE_FALSE(alice.client.send("/kick bob"));
+    REQUIRE(cst::pump(server, [&] { return !bob.client.is_open(); }, alice, bob));
+    CHECK(bob.got("server", "kicked by alice"));
+    CHECK_FALSE(bob.got("alice", "/kick bob"));
+    CHECK_FALSE(alice.got("bot", "from the bot"));
+    REQUIRE(leaves.size() == 1);
+    CHECK(leaves[0].name == "bob");
+    CHECK(leaves[0].reason == "kicked by alice");
+    REQUIRE(cst::pump(server, [&] { return alice.got("server", "bob left (kicked by alice)"); }, alice));
+    CHECK(server.client_count() == 1);
+    // Ids that are gone or never existed are ignored.
+    server.send_to(bob_id, "too late");
+    server.send_to(987654, "nobody");
+    server.disconnect(987654, "nobody");
+    cst::run_for(milliseconds(20), server, alice);
+    CHECK(alice.client.is_open());
+}
+
+TEST_CASE("send_to and broadcast from outside a callback, between run_once calls") {
+    chatsock::Server server(cst::quiet_options());
+    const auto port = cst::start(server);
+    ChatUser alice, bob;
+    cst::join_wait(server, alice, port, "alice");
+    cst::join_wait(server, bob, port, "bob");
+    auto infos = server.clients();
+    REQUIRE(infos.size() == 2);
+    const auto alice_id = infos[0].name == "alice" ? infos[0].id : infos[1].id;
+    server.send_to(alice_id, "just for you");
+    server.broadcast("for all");
+    REQUIRE(cst::pump(server, [&] {
+        return alice.got("server", "just for you") && alice.got("server", "for all") && bob.got("server", "for all");
+    }, alice, bob));
+    CHECK_FALSE(bob.got("server", "just for you"));
+    server.disconnect(alice_id, "bye now");
+    REQUIRE(cst::pump(server, [&] { return !alice.client.is_open(); }, alice, bob));
+    CHECK(alice.got("server", "bye now"));
+    REQUIRE(cst::pump(server, [&] { return bob.got("server", "alice left (bye now)"); }, bob));
+}
+
+TEST_CASE("a client that resets its connection leaves with the reason") {
+    chatsock::Server server(cst::quiet_options());
+    std::vector<Leave> leaves;
+    server.on_leave = [&](const chatsock::ClientInfo& c, std::string_view reason) {
+        leaves.push_back({c.name, std::string(reason)});
+    };
+    const auto port = cst::start(server);
+    ChatUser alice;
+    cst::join_wait(server, alice, port, "alice");
+    RawPeer rude;
+    cst::raw_join(server, rude, port, "rude");
+    rude.reset();
+    REQUIRE(cst::pump(server, [&] { return !leaves.empty(); }, alice));
+    CHECK(leaves[0].name == "rude");
+#if defined(_WIN32)
+    // Wine (at least) reports a reset as an orderly end-of-stream.
+    const bool lost = leaves[0].reason.rfind("connection lost", 0) == 0;
+    CHECK((lost || leaves[0].reason == "left"));
+    const std::string notice = lost ? "rude left (connection lost" : "rude left";
+#else
+    CHECK(leaves[0].reason.rfind("connection lost", 0) == 0);
+    const std::string notice = "rude left (connection lost";
+#endif
+    REQUIRE(cst::pump(server, [&] { return alice.got_text_starting(notice); }, alice));
+    REQUIRE(cst::pump(server, [&] { return server.connection_count() == 1; }, alice));
+}
+
+TEST_CASE("a client that half-closes still gets what was queued for it") {
+    chatsock::Server server(cst::quiet_options());
+    const auto port = cst::start(server);
+    ChatUser alice;
+    cst::join_wait(server, alice, port, "alice");
+    RawPeer brief;
+    brief.connect(port);
+    // Name, one message and end-of-stream, all before the server runs.
+    REQUIRE(brief.send(chatsock::encode_frame("brief") + chatsock::encode_frame("hello and goodbye")));
+    brief.shutdown_send();
+    REQUIRE(cst::pump(server, [&] { return brief.ended(); }, brief, alice));
+    CHECK_FALSE(brief.error());  // an orderly end, after the welcome
+    REQUIRE_FALSE(brief.messages.empty());
+    CHECK(brief.messages[0].text == "welcome, brief! 1 other user online");
+    REQUIRE(cst::pump(server, [&] { return alice.got("server", "brief left"); }, alice));
+    CHECK(alice.got("brief", "hello and goodbye"));
+    CHECK(alice.got("server", "brief joined"));
+}
+
+TEST_CASE("a frame arriving one byte at a time is put together intact") {
+    chatsock::Server server(cst::quiet_options());
+    const auto port = cst::start(server);
+    ChatUser alice;
+    cst::join_wait(server, alice, port, "alice");
+    RawPeer slowpoke;
+    slowpoke.connect(port);
+    const std::string text = "héllo 数据 \xF0\x9F\x98\x80 end";
+    const std::string bytes = chatsock::encode_frame("slowpoke") + chatsock::encode_frame(text);
+    for (char c : bytes) {
+        REQUIRE(slowpoke.send(std::string_view(&c, 1)));
+        REQUIRE_FALSE(server.run_once(milliseconds(1)));
+        alice.client.poll(milliseconds(0));
+    }
+    REQUIRE(cst::pump(server, [&] { return alice.got("slowpoke", text); }, alice, slowpoke));
+    CHECK(alice.got("server", "slowpoke joined"));
+    CHECK(alice.count_from("slowpoke") == 1);
+}
+
+TEST_CASE("many clients all receive a broadcast message") {
+    chatsock::Server server(cst::quiet_options());
+    const auto port = cst::start(server);
+    constexpr int n = 40;
+    std::vector<std::unique_ptr<ChatUser>> users;
+    for (int i = 0; i < n; ++i) {
+        users.push_back(std::make_unique<ChatUser>());
+        REQUIRE_FALSE(users.back()->join(port, "user" + std::to_string(i)));
+    }
+    auto all_have = [&](auto pred) {
+        for (auto& u : users) {
+            u->client.poll(milliseconds(0));
+            if (!pred(*u)) return false;
+        }
+        return true;
+    };
+    REQUIRE(cst::pump(server, [&] { return all_have([](ChatUser& u) { return u.got_text_starting("welcome, "); }); }));
+    CHECK(server.client_count() == n);
+    REQUIRE_FALSE(users[0]->client.send("hello everyone"));
+    REQUIRE(cst::pump(server, [&] {
+        return all_have([&](ChatUser& u) { return &u == users[0].get() || u.got("user0", "hello everyone"); });
+    }));
+    CHECK(users[0]->count_from("user0") == 0);
+}
+
+namespace {
+
+// Alice sends `count` messages of 16 KiB in batches of 4 (64 KiB), waiting after each batch until
+// bob has it, so bob - who reads whenever the loop turns - never falls behind, while a peer that
+// does not read falls further behind with every batch. Returns what was sent.
+std::vector<std::string> send_in_batches(chatsock::Server& server, ChatUser& alice, ChatUser& bob, int count) {
+    std::vector<std::string> sent;
+    const std::size_t before = bob.count_from("alice");
+    for (int i = 0; i < count; i += 4) {
+        for (int k = i; k < std::min(count, i + 4); ++k) {
+            sent.push_back(std::to_string(k) + ":" + std::string(16 * 1024, static_cast<char>('a' + k % 26)));
+            REQUIRE_FALSE(alice.client.send(sent.back()));
+        }
+        const std::size_t want = before + sent.size();
+        INFO("bob has ", bob.count_from("alice"), " of ", want, "; alice is open: ", alice.client.is_open(),
+             "; bob is open: ", bob.client.is_open());
+        REQUIRE(cst::pump(server, [&] { return bob.count_from("alice") == want; }, alice, bob));
+    }
+    return sent;
+}
+
+}  // namespace
+
+TEST_CASE("the hard output limit disconnects a client that does not read; the others get everything") {
+    auto options = cst::quiet_options();
+    options.output_hard_limit = 256 * 1024;
+    options.output_soft_limit = std::size_t(1) << 30;  // only the hard limit here
+    chatsock::Server server(options);
+    std::vector<Leave> leaves;
+    server.on_leave = [&](const chatsock::ClientInfo& c, std::string_view reason) {
+        leaves.push_back({c.name, std::string(reason)});
+    };
+    const auto port = cst::start(server);
+    ChatUser alice, bob;
+    cst::join_wait(server, alice, port, "alice");
+    RawPeer slow;
+    cst::raw_join(server, slow, port, "slow");
+    cst::join_wait(server, bob, port, "bob");
+
+    // 16 MiB: more than the kernel buffers between the server and the slow peer can hold.
+    const auto sent = send_in_batches(server, alice, bob, 1024);
+    CHECK(bob.texts_from("alice") == sent);
+    REQUIRE(leaves.size() == 1);
+    CHECK(leaves[0].name == "slow");
+    CHECK(leaves[0].reason == "too slow: output queue over 262144 bytes");
+    const std::string notice = "slow left (too slow: output queue over 262144 bytes)";
+    REQUIRE(cst::pump(server, [&] { return bob.got("server", notice) && alice.got("server", notice); }, alice, bob));
+    CHECK(server.client_count() == 2);
+    // The slow one finds its connection closed once it reads, having missed most of it.
+    REQUIRE(cst::pump(server, [&] { return slow.ended(); }, slow));
+    std::size_t slow_got = 0;
+    for (const auto& m : slow.messages) slow_got += m.from == "alice";
+    CHECK(slow_got < sent.size());
+}
+
+TEST_CASE("the soft output limit disconnects a client that stays over it for soft_limit_time") {
+    auto options = cst::quiet_options();
+    options.output_hard_limit = std::size_t(1) << 30;
+    options.output_soft_limit = 256 * 1024;
+    options.soft_limit_time = milliseconds(200);
+    chatsock::Server server(options);
+    std::vector<Leave> leaves;
+    Clock::time_point left_at{};
+    server.on_leave = [&](const chatsock::ClientInfo& c, std::string_view reason) {
+        leaves.push_back({c.name, std::string(reason)});
+        left_at = Clock::now();
+    };
+    const auto port = cst::start(server);
+    ChatUser alice, bob;
+    cst::join_wait(server, alice, port, "alice");
+    RawPeer slow;
+    cst::raw_join(server, slow, port, "slow");
+    cst::join_wait(server, bob, port, "bob");
+
+    const auto t0 = Clock::now();
+    auto sent = send_in_batches(server, alice, bob, 1024);
+    // Keep the conversation going until the soft limit's time has run out.
+    for (int round = 0; leaves.empty() && round < 100; ++round) {
+        auto more = send_in_batches(server, alice, bob, 4);
+        sent.insert(sent.end(), more.begin(), more.end());
+        cst::run_for(milliseconds(20), server, alice, bob);
+    }
+    REQUIRE(leaves.size() == 1);
+    CHECK(leaves[0].name == "slow");
+    CHECK(leaves[0].reason == "too slow: output queue over 262144 bytes for 200 ms");
+    CHECK(std::chrono::duration_cast<milliseconds>(left_at - t0).count() >= 190);
+    REQUIRE(cst::pump(server, [&] { return bob.got("server", "slow left (too slow: output queue over 262144 bytes for 200 ms)"); },
+                      alice, bob));
+    CHECK(bob.texts_from("alice") == sent);
+    REQUIRE(cst::pump(server, [&] { return slow.ended(); }, slow));
+}
+
+TEST_CASE("a burst over the soft limit is tolerated if the client catches up in time") {
+    auto options = cst::quiet_options();
+    options.output_hard_limit = std::size_t(1) << 30;
+    options.output_soft_limit = 64 * 1024;
+    options.soft_limit_time = milliseconds(4000);
+    chatsock::Server server(options);
+    std::vector<Leave> leaves;
+    server.on_leave = [&](const chatsock::ClientInfo& c, std::string_view reason) {
+        leaves.push_back({c.name, std::string(reason)});
+    };
+    const auto port = cst::start(server);
+    ChatUser alice;
+    cst::join_wait(server, alice, port, "alice");
+    RawPeer lagging;
+    cst::raw_join(server, lagging, port, "lagging");
+
+    // 12 MiB while the peer does not read: far more than the kernel buffers hold, so the
+    // server's queue for it goes over the soft limit ...
+    constexpr int count = 768;
+    for (int i = 0; i < count; ++i)
+        REQUIRE_FALSE(alice.client.send(std::to_string(i) + ":" + std::string(16 * 1024, 'b')));
+    REQUIRE(cst::pump(server, [&] { return alice.client.queued_bytes() == 0; }, alice));
+    cst::run_for(milliseconds(100), server, alice);
+    // ... then it reads everything, well within soft_limit_time.
+    auto from_alice = [&] {
+        std::size_t n = 0;
+        for (const auto& m : lagging.messages) n += m.from == "alice";
+        return n;
+    };
+    INFO("lagging has ", from_alice(), " of ", count);
+    REQUIRE(cst::pump(server, [&] { return from_alice() == count; }, alice, lagging));
+    CHECK_FALSE(lagging.ended());
+    CHECK(leaves.empty());
+    CHECK(server.client_count() == 2);
+    for (int i = 0; i < count; ++i) CHECK(lagging.messages[lagging.messages.size() - count + static_cast<std::size_t>(i)].text.rfind(std::to_string(i) + ":", 0) == 0);
+}
+
+TEST_CASE("the conversation log: one tab-separated line per event, UTC timestamps") {
+    cst::TempDir dir;
+    auto options = cst::quiet_options();
+    options.log_path = dir.file("message_log");
+    chatsock::Server server(options);
+    const auto port = cst::start(server);
+    ChatUser alice, bob, nobody;
+    cst::join_wait(server, alice, port, "alice");
+    cst::join_wait(server, bob, port, "bob");
+    REQUIRE_FALSE(alice.client.send("hello there"));
+    REQUIRE(cst::pump(server, [&] { return bob.got("alice", "hello there"); }, alice, bob));
+    bob.client.finish();
+    REQUIRE(cst::pump(server, [&] { return alice.got("server", "bob left"); }, alice, bob));
+    REQUIRE_FALSE(nobody.join(port, ""));
+    REQUIRE(cst::pump(server, [&] { return !nobody.client.is_open(); }, alice, nobody));
+
+    const auto lines = cst::split_lines(cst::read_file(options.log_path));
+    REQUIRE(lines.size() == 5);
+    std::vector<std::vector<std::string>> rows;
+    for (const auto& line : lines) {
+        CAPTURE(line);
+        auto fields = cst::split_tabs(line);
+        REQUIRE(fields.size() == 4);
+        CHECK(is_iso8601_utc_ms(fields[0]));
+        rows.push_back(fields);
+    }
+    CHECK(rows[0][1] == "join");
+    CHECK(rows[0][2] == "alice");
+    CHECK(rows[0][3].rfind("127.0.0.1:", 0) == 0);
+    CHECK(rows[1][1] == "join");
+    CHECK(rows[1][2] == "bob");
+    CHECK(rows[2][1] == "message");
+    CHECK(rows[2][2] == "alice");
+    CHECK(rows[2][3] == "hello there");
+    CHECK(rows[3][1] == "leave");
+    CHECK(rows[3][2] == "bob");
+    CHECK(rows[3][3] == "left");
+    CHECK(rows[4][1] == "refused");
+    CHECK(rows[4][2].rfind("127.0.0.1:", 0) == 0);
+    CHECK(rows[4][3] == "the name is empty");
+    // Timestamps never go backwards.
+    for (std::size_t i = 1; i < rows.size(); ++i) CHECK(rows[i - 1][0] <= rows[i][0]);
+    // The time is now (UTC), give or take a minute.
+    const auto now = chatsock::detail::utc_timestamp(std::chrono::system_clock::now());
+    CHECK(rows[0][0].substr(0, 10) == now.substr(0, 10));
+}
+
+TEST_CASE("the conversation log keeps every event on one line, escaped") {
+    cst::TempDir dir;
+    auto options = cst::quiet_options();
+    options.log_path = dir.file("chat.log");
+    chatsock::Server server(options);
+    const auto port = cst::start(server);
+    ChatUser alice, bob;
+    cst::join_wait(server, alice, port, "alice");
+    cst::join_wait(server, bob, port, "bob");
+    const std::string nasty = "line1\nline2\rback\x1b[2Jclear"s + '\0' + "nul\ttab\\slash \xC2\x9B" + "c1 数据";
+    REQUIRE_FALSE(alice.client.send(nasty));
+    REQUIRE_FALSE(alice.client.send("\\n is not a newline"));
+    REQUIRE(cst::pump(server, [&] { return bob.got("alice", "\\n is not a newline"); }, alice, bob));
+    CHECK(bob.got("alice", nasty));  // relayed exactly as sent
+
+    const std::string log = cst::read_file(options.log_path);
+    for (unsigned char c : log) {
+        CAPTURE(static_cast<int>(c));
+        CHECK((c == '\n' || c == '\t' || (c >= 0x20 && c != 0x7F)));
+    }
+    const auto lines = cst::split_lines(log);
+    REQUIRE(lines.size() == 4);
+    auto fields = cst::split_tabs(lines[2]);
+    REQUIRE(fields.size() == 4);
+    CHECK(fields[1] == "message");
+    CHECK(fields[3] == "line1\\nline2\\rback\\x1b[2Jclear\\x00nul\\ttab\\\\slash \\u009bc1 数据");
+    fields = cst::split_tabs(lines[3]);
+    REQUIRE(fields.size() == 4);
+    CHECK(fields[3] == "\\\\n is not a newline");
+}
+
+TEST_CASE("the log escapes names and join details too, and refused peers") {
+    cst::TempDir dir;
+    auto options = cst::quiet_options();
+    options.log_path = dir.file("chat.log");
+    chatsock::Server server(options);
+    const auto port = cst::start(server);
+    ChatUser odd, bad;
+    cst::join_wait(server, odd, port, "back\\slash");
+    REQUIRE_FALSE(bad.join(port, "ev\til"));
+    REQUIRE(cst::pump(server, [&] { return !bad.client.is_open(); }, bad));
+    const auto lines = cst::split_lines(cst::read_file(options.log_path));
+    REQUIRE(lines.size() == 2);
+    CHECK(cst::split_tabs(lines[0])[2] == "back\\\\slash");
+    auto refused = cst::split_tabs(lines[1]);
+    REQUIRE(refused.size() == 4);
+    CHECK(refused[1] == "refused");
+    CHECK(refused[3] == "the name contains control characters");
+}
+
+TEST_CASE("a relayed message is already in the log when the receiver gets it") {
+    cst::TempDir dir;
+    auto options = cst::quiet_options();
+    options.log_path = dir.file("chat.log");
+    chatsock::Server server(options);
+    const auto port = cst::start(server);
+    ChatUser alice, bob;
+    cst::join_wait(server, alice, port, "alice");
+    cst::join_wait(server, bob, port, "bob");
+    int checked = 0, found = 0;
+    bob.client.on_message = [&](const chatsock::Message& m) {
+        bob.inbox.push_back(m);
+        if (m.from != "alice") return;
+        ++checked;
+        const std::string log = cst::read_file(options.log_path);
+        if (log.find("\tmessage\talice\t" + m.text + "\n") != std::string::npos) ++found;
+    };
+    for (int i = 0; i < 20; ++i) REQUIRE_FALSE(alice.client.send("message " + std::to_string(i)));
+    REQUIRE(cst::pump(server, [&] { return checked == 20; }, alice, bob));
+    CHECK(found == 20);
+    // The leave line too is written before the notice goes out.
+    bool leave_logged = false;
+    alice.client.on_message = [&](const chatsock::Message& m) {
+        alice.inbox.push_back(m);
+        if (m.text == "bob left")
+            leave_logged = cst::read_file(options.log_path).find("\tleave\tbob\tleft\n") != std::string::npos;
+    };
+    bob.client.finish();
+    REQUIRE(cst::pump(server, [&] { return alice.got("server", "bob left"); }, alice, bob));
+    CHECK(leave_logged);
+}
+
+TEST_CASE("the log appends to an existing file") {
+    cst::TempDir dir;
+    const std::string path = dir.file("chat.log");
+    { std::ofstream(path, std::ios::binary) << "earlier line\n"; }
+    auto options = cst::quiet_options();
+    options.log_path = path;
+    chatsock::Server server(options);
+    const auto port = cst::start(server);
+    ChatUser alice;
+    cst::join_wait(server, alice, port, "alice");
+    const auto lines = cst::split_lines(cst::read_file(path));
+    REQUIRE(lines.size() == 2);
+    CHECK(lines[0] == "earlier line");
+    CHECK(cst::split_tabs(lines[1])[1] == "join");
+}
+
+TEST_CASE("listen() errors say what was attempted") {
+    SUBCASE("a log that cannot be opened") {
+        cst::TempDir dir;
+        auto options = cst::quiet_options();
+        options.log_path = dir.file("no-such-dir/chat.log");
+        chatsock::Server server(options);
+        auto ec = server.listen();
+        CHECK(ec);
+        CHECK(server.error_context() == "cannot open the conversation log " + options.log_path);
+    }
+    SUBCASE("a port already taken") {
+        chatsock::Server first(cst::quiet_options());
+        const auto port = cst::start(first);
+        auto options = cst::quiet_options();
+        options.port = port;
+        chatsock::Server second(options);
+        auto ec = second.listen();
+        CHECK(ec);
+        CHECK(ec == std::errc::address_in_use);
+        CHECK(second.error_context() == "cannot listen on 127.0.0.1:" + std::to_string(port));
+    }
+    SUBCASE("a host that does not resolve") {
+        auto options = cst::quiet_options();
+        options.host = "no.such.host.invalid";
+        chatsock::Server server(options);
+        CHECK(server.listen());
+        CHECK(server.error_context() == "cannot listen on no.such.host.invalid:0");
+    }
+}
+
+TEST_CASE("diagnostics: listening, joins, refusals; nullptr silences them") {
+    std::vector<std::string> lines;
+    chatsock::Server server(cst::capturing_options(lines));
+    const auto port = cst::start(server);
+    REQUIRE_FALSE(lines.empty());
+    CHECK(lines[0] == "listening on 127.0.0.1:" + std::to_string(port) + " (" + chatsock::Poller::backend() + ")");
+    ChatUser alice, bad;
+    cst::join_wait(server, alice, port, "alice");
+    CHECK(has_line(lines, "alice joined from 127.0.0.1:"));
+    REQUIRE_FALSE(bad.join(port, "bad\x1b"));
+    REQUIRE(cst::pump(server, [&] { return !bad.client.is_open(); }, bad));
+    CHECK(has_line(lines, "refused 127.0.0.1:"));
+    alice.client.finish();
+    REQUIRE(cst::pump(server, [&] { return has_line(lines, "alice left"); }, alice));
+    for (const auto& l : lines) {
+        CAPTURE(l);
+        CHECK(l.find('\n') == std::string::npos);
+        CHECK(l.find('\x1b') == std::string::npos);  // names are escaped before printing
+    }
+}
+
+TEST_CASE("run_once returns after max_wait when nothing happens") {
+    chatsock::Server server(cst::quiet_options());
+    cst::start(server);
+    const auto t0 = Clock::now();
+    REQUIRE_FALSE(server.run_once(milliseconds(60)));
+    const auto ms = cst::elapsed_ms(t0);
+    CHECK(ms >= 50);
+    CHECK(ms < 2000);
+    const auto t1 = Clock::now();
+    REQUIRE_FALSE(server.run_once(milliseconds(0)));
+    CHECK(cst::elapsed_ms(t1) < 500);
+}
+
+TEST_CASE("IPv6: a server on ::1 serves clients connecting to ::1") {
+    auto options = cst::quiet_options();
+    options.host = "::1";
+    std::vector<std::string> lines;
+    options.diagnostics = [&](std::string_view l) { lines.emplace_back(l); };
+    chatsock::Server server(options);
+    if (auto ec = server.listen()) {
+        MESSAGE("skipped: cannot listen on ::1: " << ec.message());
+        return;
+    }
+    const auto port = server.port();
+    REQUIRE(port != 0);
+    CHECK(lines[0] == "listening on [::1]:" + std::to_string(port) + " (" + chatsock::Poller::backend() + ")");
+    ChatUser alice, bob;
+    cst::join_wait(server, alice, port, "alice", "::1");
+    cst::join_wait(server, bob, port, "bob", "::1");
+    REQUIRE_FALSE(alice.client.send("over v6"));
+    REQUIRE(cst::pump(server, [&] { return bob.got("alice", "over v6"); }, alice, bob));
+    for (const auto& c : server.clients()) CHECK(c.peer.rfind("[::1]:", 0) == 0);
+}
+
+TEST_CASE("IPv6: a server on :: also accepts IPv4 clients (dual stack)") {
+    auto options = cst::quiet_options();
+    options.host = "::";
+    chatsock::Server server(options);
+    if (auto ec = server.listen()) {
+        MESSAGE("skipped: cannot listen on ::: " << ec.message());
+        return;
+    }
+    const auto port = server.port();
+    ChatUser v4, v6;
+    cst::join_wait(server, v4, port, "v4", "127.0.0.1");
+    bool have_v6 = true;
+    {
+        std::error_code ec;
+        chatsock::Socket probe = chatsock::connect_tcp("::1", port, milliseconds(2000), ec);
+        have_v6 = !ec;
+    }
+    if (have_v6) {
+        cst::join_wait(server, v6, port, "v6", "::1");
+        REQUIRE_FALSE(v4.client.send("from v4"));
+        REQUIRE(cst::pump(server, [&] { return v6.got("v4", "from v4"); }, v4, v6));
+    } else {
+        MESSAGE("::1 not reachable; checked IPv4 only");
+    }
+    bool saw_v4_peer = false;
+    for (const auto& c : server.clients())
+        if (c.name == "v4") saw_v4_peer = c.peer.find("127.0.0.1") != std::string::npos;
+    CHECK(saw_v4_peer);
+}
+
+TEST_CASE("a sender cut off inside a callback leaves once and sends nothing more") {
+    auto options = cst::quiet_options();
+    chatsock::Server server(options);
+    std::vector<Leave> leaves;
+    server.on_message = [&](const chatsock::ClientInfo& from, std::string& text) {
+        if (text == "kick me") server.disconnect(from.id, "kicked");
+        return true;
+    };
+    server.on_leave = [&](const chatsock::ClientInfo& c, std::string_view reason) {
+        leaves.push_back({c.name, std::string(reason)});
+    };
+    const auto port = cst::start(server);
+    ChatUser alice, bob;
+    cst::join_wait(server, alice, port, "alice");
+    cst::join_wait(server, bob, port, "bob");
+    RawPeer p;
+    cst::raw_join(server, p, port, "p");
+    // Two messages and end-of-stream, all read by the server in one go.
+    REQUIRE(p.send(chatsock::encode_frame("kick me") + chatsock::encode_frame("after")));
+    p.shutdown_send();
+    REQUIRE(cst::pump(server, [&] { return server.connection_count() == 2; }, alice, bob, p));
+    cst::run_for(milliseconds(30), server, alice, bob, p);
+    REQUIRE(leaves.size() == 1);
+    CHECK(leaves[0].name == "p");
+    CHECK(leaves[0].reason == "kicked");
+    CHECK(server.client_count() == 2);
+    CHECK(count_messages(bob, "server", "p left (kicked)") == 1);
+    CHECK(count_messages(bob, "server", "p left") == 0);
+    CHECK_FALSE(bob.got("p", "kick me"));  // the callback cut p off: its message goes nowhere
+    CHECK_FALSE(bob.got("p", "after"));  // nothing from p after it was cut off
+    // Both remaining users are still members.
+    REQUIRE_FALSE(alice.client.send("still there?"));
+    REQUIRE(cst::pump(server, [&] { return bob.got("alice", "still there?"); }, alice, bob));
+    REQUIRE_FALSE(bob.client.send("yes"));
+    REQUIRE(cst::pump(server, [&] { return alice.got("bob", "yes"); }, alice, bob));
+}
+
+TEST_CASE("stop() then run(): clients are told the server is stopping, then closed") {
+    auto options = cst::quiet_options();
+    options.stop_drain_time = milliseconds(300);
+    chatsock::Server server(options);
+    std::vector<Leave> leaves;
+    server.on_leave = [&](const chatsock::ClientInfo& c, std::string_view reason) {
+        leaves.push_back({c.name, std::string(reason)});
+    };
+    const auto port = cst::start(server);
+    ChatUser alice, bob;
+    cst::join_wait(server, alice, port, "alice");
+    cst::join_wait(server, bob, port, "bob");
+    server.stop();
+    const auto t0 = Clock::now();
+    CHECK_FALSE(server.run());  // nobody polls the clients here, so it waits out stop_drain_time
+    CHECK(cst::elapsed_ms(t0) < 2000);
+    CHECK(server.connection_count() == 0);
+    CHECK(leaves.size() == 2);
+    for (const auto& l : leaves) CHECK(l.reason == "server stopping");
+    const auto deadline = Clock::now() + cst::default_limit;
+    while ((alice.client.is_open() || bob.client.is_open()) && Clock::now() < deadline) {
+        alice.client.poll(milliseconds(5));
+        bob.client.poll(milliseconds(5));
+    }
+    for (ChatUser* u : {&alice, &bob}) {
+        CHECK_FALSE(u->client.is_open());
+        CHECK(u->got("server", "the server is stopping"));
+        CHECK(u->client.close_reason() == "connection closed by the server");
+        CHECK_FALSE(u->client.poll(milliseconds(0)));
+    }
+}
+
+TEST_CASE("stop(): messages that arrived before the stop are still relayed, then the notice") {
+    auto options = cst::quiet_options();
+    options.stop_drain_time = milliseconds(300);
+    chatsock::Server server(options);
+    const auto port = cst::start(server);
+    ChatUser alice, bob;
+    cst::join_wait(server, alice, port, "alice");
+    cst::join_wait(server, bob, port, "bob");
+    REQUIRE(cst::pump(server, [&] { return alice.got("server", "bob joined"); }, alice, bob));
+    REQUIRE_FALSE(alice.client.send("last words"));  // reaches the server's socket, not yet read
+    server.stop();
+    CHECK_FALSE(server.run());
+    const auto deadline = Clock::now() + cst::default_limit;
+    while (bob.client.is_open() && Clock::now() < deadline) bob.client.poll(milliseconds(5));
+    REQUIRE(bob.inbox.size() >= 2);
+    CHECK(bob.inbox[bob.inbox.size() - 2].from == "alice");
+    CHECK(bob.inbox[bob.inbox.size() - 2].text == "last words");
+    CHECK(bob.inbox.back().text == "the server is stopping");
+}
+
+TEST_CASE("a frame that stalls halfway is cut off after frame_timeout") {
+    auto options = cst::quiet_options();
+    options.frame_timeout = milliseconds(200);
+    chatsock::Server server(options);
+    std::vector<Leave> leaves;
+    server.on_leave = [&](const chatsock::ClientInfo& c, std::string_view reason) {
+        leaves.push_back({c.name, std::string(reason)});
+    };
+    const auto port = cst::start(server);
+    ChatUser alice;
+    cst::join_wait(server, alice, port, "alice");
+    RawPeer staller;
+    cst::raw_join(server, staller, port, "staller");
+    REQUIRE(staller.send(chatsock::encode_frame("complete") + "20        only half"));
+    const auto t0 = Clock::now();
+    REQUIRE(cst::pump(server, [&] { return staller.ended(); }, staller, alice));
+    const auto ms = cst::elapsed_ms(t0);
+    CHECK(ms >= 150);
+    CHECK(ms < 3000);
+    CHECK(staller.messages.back().text == "a frame took longer than 200 ms to arrive");
+    REQUIRE(leaves.size() == 1);
+    CHECK(leaves[0].reason == "a frame took longer than 200 ms to arrive");
+    REQUIRE(cst::pump(server, [&] { return alice.got("staller", "complete"); }, alice));
+    CHECK(alice.client.is_open());  // alice, idle and with no partial frame, is not affected
+}
+
+TEST_CASE("exit_when_empty: run() returns once the last user has left") {
+    auto options = cst::quiet_options();
+    options.exit_when_empty = true;
+    chatsock::Server server(options);
+    const auto port = cst::start(server);
+    ChatUser alice;
+    cst::join_wait(server, alice, port, "alice");
+    alice.client.finish();
+    cst::StopWatchdog watchdog(server, milliseconds(4000));
+    const auto t0 = Clock::now();
+    CHECK_FALSE(server.run());
+    watchdog.disarm();
+    CHECK_FALSE(watchdog.fired());
+    CHECK(cst::elapsed_ms(t0) < 3000);
+    REQUIRE(cst::pump_within(milliseconds(3000), server, [&] { return !alice.client.is_open(); }, alice));
+}
+
+#if !defined(_WIN32)
+TEST_CASE("exit_when_empty: run() waits for a first user before it can exit") {
+    auto options = cst::quiet_options();
+    options.exit_when_empty = true;
+    chatsock::Server server(options);
+    const auto port = cst::start(server);
+    std::atomic<bool> returned{false};
+    std::thread runner([&] { server.run(); returned.store(true); });
+    cst::sleep_ms(100);
+    CHECK_FALSE(returned.load());  // nobody has joined yet
+    chatsock::Client alice;
+    bool welcomed = false;
+    alice.on_message = [&](const chatsock::Message& m) { welcomed |= m.text.rfind("welcome", 0) == 0; };
+    REQUIRE_FALSE(alice.connect("127.0.0.1", port, "alice"));
+    auto deadline = Clock::now() + cst::default_limit;
+    while (!welcomed && Clock::now() < deadline) alice.poll(milliseconds(10));
+    CHECK(welcomed);
+    CHECK_FALSE(returned.load());
+    CHECK(alice.close());  // graceful close: the server runs in its own thread here
+    deadline = Clock::now() + cst::default_limit;
+    while (!returned.load() && Clock::now() < deadline) cst::sleep_ms(5);
+    if (!returned.load()) server.stop();
+    runner.join();
+    CHECK(returned.load());
+}
+
+TEST_CASE("stop() from another thread ends run(); clients hear why and are closed promptly") {
+    auto options = cst::quiet_options();
+    options.stop_drain_time = milliseconds(4000);
+    chatsock::Server server(options);
+    std::vector<Leave> leaves;  // written by the server thread, read after join
+    server.on_leave = [&](const chatsock::ClientInfo& c, std::string_view reason) {
+        leaves.push_back({c.name, std::string(reason)});
+    };
+    const auto port = cst::start(server);
+    std::atomic<bool> returned{false};
+    std::error_code run_ec;
+    std::thread runner([&] { run_ec = server.run(); returned.store(true); });
+
+    ChatUser alice, bob;
+    REQUIRE_FALSE(alice.join(port, "alice"));
+    REQUIRE_FALSE(bob.join(port, "bob"));
+    auto deadline = Clock::now() + cst::default_limit;
+    while (!(alice.got_text_starting("welcome") && bob.got_text_starting("welcome")) && Clock::now() < deadline) {
+        alice.client.poll(milliseconds(5));
+        bob.client.poll(milliseconds(5));
+    }
+    REQUIRE(alice.got_text_starting("welcome"));
+    REQUIRE(bob.got_text_starting("welcome"));
+
+    const auto t0 = Clock::now();
+    server.stop();
+    deadline = Clock::now() + cst::default_limit;
+    while ((alice.client.is_open() || bob.client.is_open() || !returned.load()) && Clock::now() < deadline) {
+        alice.client.poll(milliseconds(5));
+        bob.client.poll(milliseconds(5));
+    }
+    const auto ms = cst::elapsed_ms(t0);
+    runner.join();
+    CHECK(returned.load());
+    CHECK_FALSE(run_ec);
+    CHECK(ms < 2000);  // the clients closed at once, so run() did not wait out stop_drain_time
+    for (ChatUser* u : {&alice, &bob}) {
+        CHECK_FALSE(u->client.is_open());
+        CHECK(u->got("server", "the server is stopping"));
+        CHECK(u->inbox.back().text == "the server is stopping");
+        CHECK(u->inbox.back().from_server);
+        CHECK(u->client.close_reason() == "connection closed by the server");
+    }
+    REQUIRE(leaves.size() == 2);
+    for (const auto& l : leaves) CHECK(l.reason == "server stopping");
+    // No "left" notices were sent during the stop.
+    CHECK_FALSE(alice.got("server", "bob left"));
+}
+#endif
+
+}  // TEST_SUITE("server")
