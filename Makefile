@@ -2,6 +2,10 @@
 #   make              build demo_server and demo_client
 #   make test         build and run every test (unit, in-process, end-to-end, interop)
 #   make sanitize     the unit and in-process tests under ASan + UBSan
+#   make windows      cross-build demo_server.exe, demo_client.exe and the test runner (MinGW)
+#   make test-windows the unit tests and the end-to-end suites under wine, plus mixed runs
+#   make fuzz         the libFuzzer targets in fuzz/, FUZZ_SECONDS (60) each (clang, libclang-rt-14-dev)
+#   make bench        build the load generator bench/chatsock_bench (bench/run.sh runs it)
 #   make clean
 CXX      ?= g++
 CXXFLAGS ?= -std=c++17 -O2 -g -Wall -Wextra -Wpedantic -Werror
@@ -33,13 +37,71 @@ $(BIN)/unit_asan: $(UNIT_SOURCES) chatsock.hpp tests/support.hpp | $(BIN)
 $(BIN):
 	mkdir -p $(BIN)
 
+# Windows, cross-built with MinGW-w64 (win32 thread model: no std::thread) and run under wine.
+MINGW    ?= x86_64-w64-mingw32-g++
+WINFLAGS  = -std=c++17 -O2 -Wall -Wextra -Wpedantic -Werror -static
+WIN_TEST_SOURCES = $(UNIT_SOURCES) $(wildcard tests/windows/*.cpp)
+
+windows: demo_server.exe demo_client.exe $(BIN)/unit.exe
+
+demo_server.exe: demo_server.cpp chatsock.hpp
+	$(MINGW) $(WINFLAGS) demo_server.cpp -o $@ -lws2_32
+
+demo_client.exe: demo_client.cpp chatsock.hpp
+	$(MINGW) $(WINFLAGS) demo_client.cpp -o $@ -lws2_32
+
+# MinGW does not search /usr/include; give it doctest alone through a link.
+$(BIN)/include/doctest: | $(BIN)
+	mkdir -p $(BIN)/include && ln -sfn /usr/include/doctest $@
+
+$(BIN)/unit.exe: $(WIN_TEST_SOURCES) chatsock.hpp tests/support.hpp | $(BIN)/include/doctest
+	$(MINGW) $(WINFLAGS) -I. -I$(BIN)/include -DDOCTEST_CONFIG_NO_MULTITHREADING \
+	    $(WIN_TEST_SOURCES) -o $@ -lws2_32
+
+test-windows: windows all
+	bash tests/run_windows.sh
+
 test: all $(BIN)/unit $(BIN)/unit_poll
 	bash tests/run.sh
 
 sanitize: $(BIN)/unit_asan
 	ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 $(BIN)/unit_asan
 
-clean:
-	rm -rf $(BIN) build demo_server demo_client
+# Fuzzing (clang + libFuzzer). Each target runs on a working copy of its seed corpus in
+# fuzz/corpus-work/, so the seeds in fuzz/corpus/ stay as they are; a crash leaves its input
+# in fuzz/corpus-work/ and the log's tail on screen.
+FUZZ_SECONDS ?= 60
+FUZZ_CXX     ?= clang++
+FUZZFLAGS     = -std=c++17 -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all \
+                -Wall -Wextra -Werror -I.
+FUZZ_WORK     = fuzz/corpus-work
 
-.PHONY: all test sanitize clean
+$(BIN)/fuzz_%: fuzz/fuzz_%.cpp fuzz/reference.hpp chatsock.hpp | $(BIN)
+	$(FUZZ_CXX) $(FUZZFLAGS) $< -o $@
+
+fuzz: $(BIN)/fuzz_decoder $(BIN)/fuzz_server_input
+	@for pair in decoder:decoder server_input:server; do \
+	    target=$${pair%%:*}; work=$(FUZZ_WORK)/$${pair##*:}; log=$(FUZZ_WORK)/$$target.log; \
+	    mkdir -p $$work && cp fuzz/corpus/$${pair##*:}/* $$work/; \
+	    echo "== fuzz_$$target, $(FUZZ_SECONDS) s"; \
+	    if ! $(BIN)/fuzz_$$target -max_total_time=$(FUZZ_SECONDS) -timeout=30 -print_final_stats=1 \
+	            -artifact_prefix=$(FUZZ_WORK)/$$target- $$work >$$log 2>&1; then \
+	        tail -n 40 $$log; echo "fuzz_$$target found a crash: see $$log and $(FUZZ_WORK)/$$target-*"; exit 1; \
+	    fi; \
+	    grep -E '^#[0-9]+[[:space:]]+DONE|^stat::(number_of_executed_units|average_exec_per_sec|new_units_added)' $$log; \
+	done
+
+# Benchmark tools, never part of the tests: bench/run.sh builds them and runs the workloads.
+bench: bench/chatsock_bench bench/bench_server
+
+bench/chatsock_bench: bench/chatsock_bench.cpp
+	$(CXX) -std=c++17 -O2 -g -Wall -Wextra -Wpedantic -Werror $< -o $@
+
+bench/bench_server: bench/bench_server.cpp chatsock.hpp
+	$(CXX) $(CXXFLAGS) $< -o $@
+
+clean:
+	rm -rf $(BIN) build demo_server demo_client demo_server.exe demo_client.exe
+	rm -f bench/chatsock_bench bench/bench_server
+
+.PHONY: all test sanitize clean windows test-windows fuzz bench
