@@ -1579,6 +1579,7 @@ private:
     void shut_down() {
         poller_.remove(listener_.get());
         listener_.close();
+        accepts_paused_ = false;
         // Messages that reached us before the stop are still relayed and logged.
         for (Connection* c : std::vector<Connection*>(members_))
             if (!c->dead && c->state == State::joined) read_from(*c, false);
@@ -1598,17 +1599,8 @@ private:
         members_.clear();
         finish_iteration();
         const auto deadline = Clock::now() + options_.stop_drain_time;
-        while (!connections_.empty() && Clock::now() < deadline) {
-            auto left = std::chrono::duration_cast<milliseconds>(deadline - Clock::now());
-            if (poller_.wait(events_, static_cast<int>(std::min<long long>(left.count() + 1, 100)))) break;
-            for (const PollEvent& ev : events_) {
-                auto it = connections_.find(ev.socket);
-                if (it == connections_.end() || it->second->dead) continue;
-                if (ev.readable || ev.hangup) read_from(*it->second, ev.hangup);
-                if (ev.writable && !it->second->dead) mark_dirty(*it->second);
-            }
-            finish_iteration();
-        }
+        while (!connections_.empty() && Clock::now() < deadline)  // the listener is gone: only
+            if (run_once(milliseconds(20))) break;                  // the goodbyes are served
         connections_.clear();
         by_id_.clear();
         say("stopped");
