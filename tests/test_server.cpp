@@ -1157,3 +1157,31 @@ TEST_CASE("stop() from another thread ends run(); clients hear why and are close
 #endif
 
 }  // TEST_SUITE("server")
+
+TEST_CASE("a burst larger than the hard limit does not cut off a client that reads") {
+    // The server queues a whole read turn of relays before it writes; a reader with room in
+    // its socket must not be mistaken for a slow one.
+    auto options = cst::quiet_options();
+    options.output_hard_limit = 32 * 1024;
+    chatsock::Server server(options);
+    std::vector<Leave> leaves;
+    server.on_leave = [&](const chatsock::ClientInfo& c, std::string_view reason) {
+        leaves.push_back({c.name, std::string(reason)});
+    };
+    const auto port = cst::start(server);
+    ChatUser bob;
+    cst::join_wait(server, bob, port, "bob");
+    RawPeer burst;
+    cst::raw_join(server, burst, port, "burst");
+    std::string bytes;
+    std::vector<std::string> sent;
+    for (int i = 0; i < 24; ++i) {  // 24 x 4 KiB = 96 KiB, three times the limit, in one write
+        sent.push_back(std::to_string(i) + std::string(4096, 'a' + i % 26));
+        bytes += chatsock::encode_frame(sent.back());
+    }
+    REQUIRE(burst.send(bytes));
+    REQUIRE(cst::pump(server, [&] { return bob.texts_from("burst").size() == sent.size(); }, bob, burst));
+    CHECK(bob.texts_from("burst") == sent);
+    CHECK(leaves.empty());
+    CHECK(server.client_count() == 2);
+}
