@@ -2,6 +2,7 @@
 #   make              build demo_server and demo_client
 #   make test         build and run every test (unit, in-process, end-to-end, interop)
 #   make sanitize     the unit and in-process tests under ASan + UBSan
+#   make valgrind     the server and client in-process tests under valgrind (memcheck)
 #   make windows      cross-build demo_server.exe, demo_client.exe and the test runner (MinGW)
 #   make test-windows the unit tests and the end-to-end suites under wine, plus mixed runs
 #   make fuzz         the libFuzzer targets in fuzz/, FUZZ_SECONDS (60) each (clang, libclang-rt-14-dev)
@@ -34,6 +35,10 @@ $(BIN)/unit_poll: $(UNIT_SOURCES) chatsock.hpp tests/support.hpp | $(BIN)
 $(BIN)/unit_asan: $(UNIT_SOURCES) chatsock.hpp tests/support.hpp | $(BIN)
 	$(CXX) $(TESTFLAGS) $(SANFLAGS) $(UNIT_SOURCES) -o $@ -pthread
 
+# demo_server with its limits on the command line, for tests/e2e_attacks.py.
+$(BIN)/attack_server: tests/attack_server.cpp chatsock.hpp | $(BIN)
+	$(CXX) $(CXXFLAGS) -I. tests/attack_server.cpp -o $@
+
 $(BIN):
 	mkdir -p $(BIN)
 
@@ -61,8 +66,13 @@ $(BIN)/unit.exe: $(WIN_TEST_SOURCES) chatsock.hpp tests/support.hpp | $(BIN)/inc
 test-windows: windows all
 	bash tests/run_windows.sh
 
-test: all $(BIN)/unit $(BIN)/unit_poll
+test: all $(BIN)/unit $(BIN)/unit_poll $(BIN)/attack_server
 	bash tests/run.sh
+
+# The server and client in-process tests under valgrind (memcheck): no errors, no definite leaks.
+VALGRIND ?= valgrind --error-exitcode=1 --leak-check=full --errors-for-leak-kinds=definite --quiet
+valgrind: $(BIN)/unit
+	$(VALGRIND) $(BIN)/unit --no-intro -ts=server,client
 
 sanitize: $(BIN)/unit_asan
 	ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 $(BIN)/unit_asan
@@ -104,4 +114,4 @@ clean:
 	rm -rf $(BIN) build demo_server demo_client demo_server.exe demo_client.exe
 	rm -f bench/chatsock_bench bench/bench_server
 
-.PHONY: all test sanitize clean windows test-windows fuzz bench
+.PHONY: all test valgrind sanitize clean windows test-windows fuzz bench

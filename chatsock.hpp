@@ -78,8 +78,10 @@
 #  include <winsock2.h>
 #  include <ws2tcpip.h>
 #  include <windows.h>
+#  include <shellapi.h>
 #  ifdef _MSC_VER
 #    pragma comment(lib, "ws2_32")
+#    pragma comment(lib, "shell32")  // CommandLineToArgvW, for command_line()
 #  endif
 #else
 #  include <arpa/inet.h>
@@ -206,6 +208,20 @@ struct NetworkInit {
 // The free functions (listen_tcp, connect_tcp, format_address) work without a Server or Client
 // alive: the first call starts Winsock for the rest of the process.
 inline void start_network() { static const NetworkInit process_wide; }
+
+// Windows speaks UTF-16 to programs that ask for it; chatsock speaks UTF-8 everywhere.
+inline std::string narrow(const wchar_t* text, int length) {
+    int n = ::WideCharToMultiByte(CP_UTF8, 0, text, length, nullptr, 0, nullptr, nullptr);
+    std::string out(static_cast<std::size_t>(std::max(n, 0)), '\0');
+    if (n > 0) ::WideCharToMultiByte(CP_UTF8, 0, text, length, &out[0], n, nullptr, nullptr);
+    return out;
+}
+inline std::wstring widen(const std::string& text) {
+    int n = ::MultiByteToWideChar(CP_UTF8, 0, text.data(), static_cast<int>(text.size()), nullptr, 0);
+    std::wstring out(static_cast<std::size_t>(std::max(n, 0)), L'\0');
+    if (n > 0) ::MultiByteToWideChar(CP_UTF8, 0, text.data(), static_cast<int>(text.size()), &out[0], n);
+    return out;
+}
 #else
 inline const std::error_category& os_category() { return std::system_category(); }
 inline std::error_code last_error() { return {errno, std::system_category()}; }
@@ -356,6 +372,21 @@ inline bool parse_port(std::string_view text, std::uint16_t& port) {
     if (value > 65535) return false;
     port = static_cast<std::uint16_t>(value);
     return true;
+}
+
+// The program's arguments as UTF-8. On POSIX that is argv itself; on Windows argv is in the
+// ANSI code page ("João" would arrive mangled), so the UTF-16 command line is converted instead.
+inline std::vector<std::string> command_line(int argc, char** argv) {
+#if defined(_WIN32)
+    int n = 0;
+    if (LPWSTR* wide = ::CommandLineToArgvW(::GetCommandLineW(), &n)) {
+        std::vector<std::string> args;
+        for (int i = 0; i < n; ++i) args.push_back(detail::narrow(wide[i], -1).c_str());
+        ::LocalFree(wide);
+        return args;
+    }
+#endif
+    return std::vector<std::string>(argv, argv + argc);
 }
 
 // A non-blocking listening socket on host:port. Port 0 lets the OS choose (see local_port).
@@ -1002,7 +1033,7 @@ class AppendFile {
 public:
     std::error_code open(const std::string& path) {
 #if defined(_WIN32)
-        handle_ = ::CreateFileA(path.c_str(), FILE_APPEND_DATA, FILE_SHARE_READ | FILE_SHARE_WRITE,
+        handle_ = ::CreateFileW(widen(path).c_str(), FILE_APPEND_DATA, FILE_SHARE_READ | FILE_SHARE_WRITE,
                                 nullptr, OPEN_ALWAYS, FILE_ATTRIBUTE_NORMAL, nullptr);
         if (handle_ == INVALID_HANDLE_VALUE) return {static_cast<int>(::GetLastError()), os_category()};
 #else
@@ -1638,6 +1669,9 @@ inline BOOL WINAPI on_console_event(DWORD event) {  // runs on a thread of its o
     Server* s = ctrl_c_target.load();
     if (!s || event == CTRL_LOGOFF_EVENT || event == CTRL_SHUTDOWN_EVENT) return FALSE;
     s->stop();
+    // Closing the console window ends the process as soon as this returns: give run() the
+    // time it needs to say goodbye (Windows allows about five seconds).
+    if (event == CTRL_CLOSE_EVENT) ::Sleep(static_cast<DWORD>(s->options().stop_drain_time.count()) + 500);
     return TRUE;
 }
 #else
@@ -1738,9 +1772,7 @@ private:
             if (console) {  // UTF-16 from the console, whatever its code page, to UTF-8
                 wchar_t wide[4096];
                 more = ::ReadConsoleW(in, wide, 4096, &n, nullptr) && n > 0 && wide[0] != 0x1A;  // Ctrl+Z
-                int len = more ? ::WideCharToMultiByte(CP_UTF8, 0, wide, static_cast<int>(n), nullptr, 0, nullptr, nullptr) : 0;
-                chunk.resize(static_cast<std::size_t>(len));
-                if (len) ::WideCharToMultiByte(CP_UTF8, 0, wide, static_cast<int>(n), &chunk[0], len, nullptr, nullptr);
+                if (more) chunk = detail::narrow(wide, static_cast<int>(n));
             } else {        // a pipe or a file: bytes as they are
                 char buf[65536];
                 more = ::ReadFile(in, buf, sizeof buf, &n, nullptr) && n > 0;

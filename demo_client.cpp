@@ -11,15 +11,16 @@
 #include <iostream>
 
 int main(int argc, char** argv) {
-    const std::string host = argc > 1 ? argv[1] : "127.0.0.1";
+    const std::vector<std::string> args = chatsock::command_line(argc, argv);  // UTF-8 everywhere
+    const std::string host = args.size() > 1 ? args[1] : "127.0.0.1";
     std::uint16_t port = 1234;
-    if (argc > 2 && !chatsock::parse_port(argv[2], port)) {
-        std::cerr << "demo_client: '" << argv[2] << "' is not a port number (0-65535)\n";
+    if (args.size() > 2 && !chatsock::parse_port(args[2], port)) {
+        std::cerr << "demo_client: '" << args[2] << "' is not a port number (0-65535)\n";
         return 2;
     }
     chatsock::StdinLines input;  // standard input, watched together with the socket
-    std::string name = argc > 3 ? argv[3] : "";
-    if (argc <= 3) {
+    std::string name = args.size() > 3 ? args[3] : "";
+    if (args.size() <= 3) {
         std::cout << "Username: " << std::flush;
         if (!input.read_line(name)) return 1;
     }

@@ -10,11 +10,12 @@
 #include <iostream>
 
 int main(int argc, char** argv) {
+    const std::vector<std::string> args = chatsock::command_line(argc, argv);  // UTF-8 everywhere
     chatsock::ServerOptions options;  // every limit has a sensible default; see the header
-    options.host = argc > 1 ? argv[1] : "127.0.0.1";
-    options.log_path = argc > 3 ? argv[3] : "message_log";
-    if (argc > 2 && !chatsock::parse_port(argv[2], options.port)) {
-        std::cerr << "demo_server: '" << argv[2] << "' is not a port number (0-65535)\n";
+    options.host = args.size() > 1 ? args[1] : "127.0.0.1";
+    options.log_path = args.size() > 3 ? args[3] : "message_log";
+    if (args.size() > 2 && !chatsock::parse_port(args[2], options.port)) {
+        std::cerr << "demo_server: '" << args[2] << "' is not a port number (0-65535)\n";
         return 2;
     }
     // The library reports what happens (listening, joins, leaves, errors) as lines of text;

@@ -375,15 +375,17 @@ def skip_if_windows_server(reason):
     return unittest.skipIf(SERVER_ON_WINDOWS, f"Windows server: {reason}")
 
 
-def main(module_name):
+def main(module_name, programs=None):
     """Runs the module's tests (or those named on the command line, e.g. "Conversation" or
     "Names.test_bad_names_are_refused") and ends with the line run.sh parses. A skipped test
-    counts as neither passed nor failed."""
+    counts as neither passed nor failed. `programs` ({role: command}) is printed first; by
+    default, the demo server and client under test."""
     module = sys.modules[module_name]
     names = sys.argv[1:]
     loader = unittest.defaultTestLoader
     suite = loader.loadTestsFromNames(names, module) if names else loader.loadTestsFromModule(module)
-    print(f"server: {shlex.join(DEMO_SERVER)}\nclient: {shlex.join(DEMO_CLIENT)}", flush=True)
+    for role, command in (programs or {"server": DEMO_SERVER, "client": DEMO_CLIENT}).items():
+        print(f"{role}: {shlex.join(command)}", flush=True)
     result = unittest.TextTestRunner(verbosity=2, stream=sys.stdout).run(suite)
     bad = result.failures + result.errors + [(t, "") for t in result.unexpectedSuccesses]
     failed = {getattr(t, "test_case", t).id() for t, _ in bad}  # a test with failed subtests counts once

@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # tests/lib.sh — shared by run.sh and run_windows.sh (sourced, not run): each function runs one
 # suite, shows the end of its output and adds its counts to $passed and $failed. A suite that
 # dies before its summary counts as one failure. Skipped tests count as neither.

@@ -2,7 +2,7 @@
 # Runs every test suite and ends with one line: "N passed, N failed".
 # Used by `make test` (after it has built the demos and the test binaries).
 set -u
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/.." || exit 1
 . tests/lib.sh
 
 run_doctest "unit tests ($(uname -s) default poller)" tests/bin/unit

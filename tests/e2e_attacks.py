@@ -1,0 +1,763 @@
+#!/usr/bin/env python3
+"""Bad input, faults and load: raw socket clients attack a running server process over
+loopback (tests/bin/attack_server: demo_server with its limits on the command line, so the
+timeouts and caps can be small enough to test quickly). Ends with "RESULT passed=N failed=M".
+
+    python3 tests/e2e_attacks.py                 (builds tests/bin/attack_server if needed)
+    CHATSOCK_SOAK_SECONDS=300 python3 tests/e2e_attacks.py Soak
+
+Linux only: the checks read the server's /proc/PID/{status,fd,stat}.
+"""
+import hashlib
+import os
+import selectors
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import threading
+import time
+import unittest
+
+sys.dont_write_bytecode = True  # no __pycache__ in the repository
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from harness import (DEVNULL, HOST, ROOT, TIMEOUT, frame, main, recv_exactly, recv_frame,  # noqa: E402
+                     recv_until_closed)
+from e2e_demos import DemoTestCase  # noqa: E402  (read_log, wait_log: the log's format checked)
+
+ATTACK_SERVER = os.path.join(ROOT, "tests", "bin", "attack_server")
+LISTENING = __import__("re").compile(rb"\Alistening on 127\.0\.0\.1:(\d+) \((\w+)\)\n")
+SOAK_SECONDS = float(os.environ.get("CHATSOCK_SOAK_SECONDS", "45"))
+MiB = 1 << 20
+
+
+def setUpModule():
+    if not sys.platform.startswith("linux"):
+        raise unittest.SkipTest("reads /proc: Linux only")
+    run = subprocess.run(["make", "-s", "tests/bin/attack_server"], cwd=ROOT, stdout=subprocess.PIPE,
+                         stderr=subprocess.STDOUT, timeout=600)
+    if run.returncode != 0:
+        raise RuntimeError("building tests/bin/attack_server failed:\n" + run.stdout.decode(errors="replace"))
+
+
+# ---- the server process, seen from /proc ------------------------------------------------------
+def rss_bytes(pid):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    raise AssertionError("no VmRSS")
+
+
+def fd_count(pid):
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def cpu_seconds(pid):
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+
+
+class RssSampler(threading.Thread):
+    """The server's peak RSS while it runs, sampled every 10 ms."""
+
+    def __init__(self, pid):
+        super().__init__(daemon=True)
+        self.pid, self.peak, self.done = pid, rss_bytes(pid), threading.Event()
+        self.start()
+
+    def run(self):
+        while not self.done.wait(0.01):
+            try:
+                self.peak = max(self.peak, rss_bytes(self.pid))
+            except (OSError, AssertionError):
+                return
+
+    def stop(self):
+        self.done.set()
+        self.join(TIMEOUT)
+        return self.peak
+
+
+# ---- raw clients ------------------------------------------------------------------------------
+def reset(sock):
+    """An abrupt close: SO_LINGER {on, 0 s} makes close() send a RST instead of a FIN."""
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    sock.close()
+
+
+def recv_message(sock, timeout=TIMEOUT):
+    """(sender, text) of the next relayed message or notice: a name frame, then a text frame."""
+    return recv_frame(sock, timeout)[1].decode(), recv_frame(sock, timeout)[1].decode()
+
+
+def next_notice(sock, timeout=TIMEOUT):
+    """The text of the next server notice; chat messages before it are skipped."""
+    deadline = time.monotonic() + timeout
+    while True:
+        sender, text = recv_message(sock, max(deadline - time.monotonic(), 0.01))
+        if sender == "server":
+            return text
+
+
+class Reader(threading.Thread):
+    """Reads (sender, text) messages from a socket on a thread of its own until it closes."""
+
+    def __init__(self, sock, keep_text=True):
+        super().__init__(daemon=True)
+        self.sock, self.keep_text = sock, keep_text
+        self.messages = []  # (sender, text), or (sender, len, sha256) without keep_text
+        self.bytes = 0
+        self.closed = False
+        self.cond = threading.Condition()
+        self.start()
+
+    def run(self):
+        buf, names = bytearray(), []
+        self.sock.settimeout(None)
+        while True:
+            try:
+                chunk = self.sock.recv(1 << 20)
+            except OSError:
+                chunk = b""
+            with self.cond:
+                if not chunk:
+                    self.closed = True
+                    self.cond.notify_all()
+                    return
+                buf += chunk
+                self.bytes += len(chunk)
+                start = 0
+                while len(buf) - start >= 10:
+                    n = int(buf[start:start + 10])
+                    if len(buf) - start - 10 < n:
+                        break
+                    payload = bytes(buf[start + 10:start + 10 + n])
+                    start += 10 + n
+                    if not names:
+                        names.append(payload.decode())
+                        continue
+                    sender = names.pop()
+                    if self.keep_text or sender == "server":
+                        self.messages.append((sender, payload.decode()))
+                    else:
+                        self.messages.append((sender, len(payload), hashlib.sha256(payload).hexdigest()))
+                del buf[:start]
+                self.cond.notify_all()
+
+    def wait(self, predicate, timeout=TIMEOUT, what="condition"):
+        deadline = time.monotonic() + timeout
+        with self.cond:
+            while not predicate(self):
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    tail = self.messages[-5:]
+                    raise AssertionError(f"{what} not met within {timeout}s; {len(self.messages)} "
+                                         f"messages, last {tail}, closed={self.closed}")
+                self.cond.wait(min(left, 0.2))
+
+    def wait_for(self, message, timeout=TIMEOUT):
+        self.wait(lambda r: message in r.messages, timeout, f"{message!r}")
+
+    def snapshot(self):
+        with self.cond:
+            return list(self.messages)
+
+
+class AttackTestCase(DemoTestCase):
+    def setUp(self):
+        super().setUp()
+        self.skipped = {}  # socket: notices expect() read past
+
+    def start_attack_server(self, *options, log="chat.log", wrap=None):
+        """attack_server on an ephemeral port with `options`; returns (process, port)."""
+        args = [ATTACK_SERVER, "--host", HOST, "--port", "0", "--log", log, *map(str, options)]
+        if wrap:  # e.g. ["sh", "-c", "ulimit -n 64 && exec \"$0\" \"$@\""]: exec keeps the pid
+            args = [*wrap, *args]
+        server = self.spawn(args, stdin=DEVNULL, label="attack_server")
+        m = server.wait_for(LISTENING)
+        return server, int(m.group(1))
+
+    def join(self, port, name, read_welcome=True):
+        s = self.raw_connect(port, name)
+        if read_welcome:
+            sender, text = recv_message(s)
+            self.assertEqual(sender, "server")
+            self.assertTrue(text.startswith(f"welcome, {name}!"), text)
+        return s
+
+    def send_text(self, sock, text):
+        sock.sendall(frame(text))
+
+    def expect(self, sock, sender, text, timeout=TIMEOUT, skip_notices=True):
+        """Reads messages until (sender, text) arrives; notices on the way are skipped (and
+        kept in self.skipped, see expect_notice)."""
+        if (sender, text) in self.skipped.get(sock, []):
+            self.skipped[sock].remove((sender, text))
+            return []
+        deadline = time.monotonic() + timeout
+        seen = []
+        while True:
+            m = recv_message(sock, max(deadline - time.monotonic(), 0.01))
+            if m == (sender, text):
+                return seen
+            if not (skip_notices and m[0] == "server"):
+                self.fail(f"expected {(sender, text)!r}, got {m!r} after {seen!r}")
+            seen.append(m)
+            self.skipped.setdefault(sock, []).append(m)
+
+    def chat_round_trip(self, a, b, tag):
+        """alice -> bob -> alice; returns the round-trip time."""
+        t0 = time.monotonic()
+        self.send_text(a, f"ping {tag}")
+        self.expect(b, "alice", f"ping {tag}")
+        self.send_text(b, f"pong {tag}")
+        self.expect(a, "bob", f"pong {tag}")
+        return time.monotonic() - t0
+
+    def assert_still_serving(self, server, port, tag="after"):
+        self.assertIsNone(server.p.poll(), server.describe())
+        a = self.join(port, f"check-a-{tag}")
+        b = self.join(port, f"check-b-{tag}")
+        self.expect(a, "server", f"check-b-{tag} joined")
+        self.send_text(b, "still alive?")
+        self.expect(a, f"check-b-{tag}", "still alive?")
+        reset(a)
+        reset(b)
+
+
+# =============================================================================================
+class PartialFrames(AttackTestCase):
+    def test_name_and_message_split_at_every_byte(self):
+        _, port = self.start_attack_server()
+        alice = self.join(port, "alice")
+        text = "split ünïcødé ✓ message"
+        for k in range(1, len(frame("bNN") + frame(text))):
+            with self.subTest(split_at=k):
+                name = f"b{k:02d}"
+                data = frame(name) + frame(text)
+                s = self.raw_connect(port)
+                s.sendall(data[:k])
+                time.sleep(0.02)  # so the two halves arrive in separate reads
+                s.sendall(data[k:])
+                self.expect(alice, "server", f"{name} joined", skip_notices=False)
+                self.expect(alice, name, text, skip_notices=False)
+                s.shutdown(socket.SHUT_WR)
+                recv_until_closed(s)
+                self.expect(alice, "server", f"{name} left", skip_notices=False)
+
+    def test_frames_one_byte_at_a_time(self):
+        _, port = self.start_attack_server()
+        alice = self.join(port, "alice")
+        s = self.raw_connect(port)
+        texts = ["one byte at a time: ✓ 🎉", "x" * 300, "last"]
+        data = frame("trickle") + b"".join(frame(t) for t in texts)
+        for i in range(len(data)):
+            s.sendall(data[i:i + 1])
+            time.sleep(0.001)
+        self.expect(alice, "server", "trickle joined", skip_notices=False)
+        for t in texts:
+            self.expect(alice, "trickle", t, skip_notices=False)
+        self.assertIn(("message", "trickle", "x" * 300), self.read_log())
+
+
+# =============================================================================================
+class Slowloris(AttackTestCase):
+    def test_stalled_clients_do_not_slow_others_and_are_dropped(self):
+        _, port = self.start_attack_server("--frame-ms", 1000, "--handshake-ms", 1500)
+        alice, bob = self.join(port, "alice"), self.join(port, "bob")
+        self.expect(alice, "server", "bob joined")
+        slow = self.join(port, "slow")
+        slow.sendall(b"12")            # joined, then half a header and nothing more
+        nameless = self.raw_connect(port)
+        nameless.sendall(b"5  ")       # not joined: half of the name's header
+        silent = self.raw_connect(port)  # not joined: nothing at all
+        t0 = time.monotonic()
+        worst, rounds = 0.0, 0
+        while time.monotonic() - t0 < 2.0:
+            worst = max(worst, self.chat_round_trip(alice, bob, rounds))
+            rounds += 1
+        self.assertLess(worst, 0.2, f"slowest of {rounds} round trips")
+
+        self.assertEqual(next_notice(slow), "a frame took longer than 1000 ms to arrive")
+        recv_until_closed(slow)
+        for s in (nameless, silent):
+            self.assertEqual(recv_message(s), ("server", "no username within 1500 ms"))
+            recv_until_closed(s)
+        self.assertLess(time.monotonic() - t0, 2.0 + TIMEOUT)
+        self.expect(alice, "server", "slow left (a frame took longer than 1000 ms to arrive)")
+        events = self.read_log()
+        self.assertIn(("error", "slow", "incomplete frame"), events)
+        self.assertIn(("leave", "slow", "a frame took longer than 1000 ms to arrive"), events)
+        refused = [e for e in events if e[0] == "refused"]
+        self.assertEqual([e[2] for e in refused], ["no username in time"] * 2, refused)
+
+
+# =============================================================================================
+class SlowConsumer(AttackTestCase):
+    def test_non_reader_is_cut_off_others_get_everything_memory_bounded(self):
+        server, port = self.start_attack_server()  # default limits: 8 MiB hard, 1 MiB soft / 10 s
+        slow = self.join(port, "slow")
+        slow.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # and it never reads again
+        reader_sock = self.join(port, "reader")
+        sender = self.join(port, "sender")
+        reader = Reader(reader_sock, keep_text=False)
+        sender_notices = Reader(sender)
+        reader.wait_for(("server", "sender joined"))
+        time.sleep(0.2)
+        before = rss_bytes(server.p.pid)
+        sampler = RssSampler(server.p.pid)
+
+        size, total = 60 * 1024, 40 * MiB
+        count = total // size
+        digest = hashlib.sha256()
+        expected = []
+        for i in range(count):
+            payload = (f"{i:08d}".encode() * (size // 8 + 1))[:size]
+            expected.append(("sender", size, hashlib.sha256(payload).hexdigest()))
+            digest.update(payload)
+            sender.sendall(frame(payload))
+            if i % 32 == 31:  # a well-behaved reader keeps up; stay within 2 MB of it
+                reader.wait(lambda r, i=i: sum(1 for m in r.messages if m[0] == "sender") >= i - 32,
+                            timeout=10, what=f"reader at message {i - 32}")
+        reader.wait(lambda r: sum(1 for m in r.messages if m[0] == "sender") == count, timeout=20,
+                    what="reader has everything")
+        peak = sampler.stop()
+
+        got = [m for m in reader.snapshot() if m[0] == "sender"]
+        self.assertEqual(len(got), count)
+        self.assertTrue(got == expected, "the reader's messages differ (order or content)")
+        self.assertLess(peak - before, 24 * MiB,
+                        f"server RSS grew by {(peak - before) / MiB:.1f} MiB while relaying {total / MiB:.0f} MiB")
+        reason = f"too slow: output queue over {8 * MiB} bytes"
+        self.assertIn(("server", f"slow left ({reason})"), reader.snapshot())
+        sender_notices.wait_for(("server", f"slow left ({reason})"))
+        self.assertIn(f"slow left ({reason})", server.out.decode())
+        self.assertIn(("leave", "slow", reason), self.read_log())
+        reset(slow)
+
+
+# =============================================================================================
+class BadHeaders(AttackTestCase):
+    CASES = [
+        (b"9999999999", "frame of 9999999999 bytes is over the limit of 65536"),
+        (b"65537     ", "frame of 65537 bytes is over the limit of 65536"),
+        (b"-5        ", 'bad frame header "-5        "'),
+        (b"+5        ", 'bad frame header "+5        "'),
+        (b"          ", 'bad frame header "          "'),
+        (b"GET / HTTP", 'bad frame header "GET / HTTP"'),
+        (b"1 2       ", 'bad frame header "1 2       "'),
+        (b"5\x00        ", 'bad frame header "5\\x00        "'),
+        (b"0x10      ", 'bad frame header "0x10      "'),
+    ]
+
+    def test_bad_headers_from_joined_clients(self):
+        server, port = self.start_attack_server()
+        alice, bob = self.join(port, "alice"), self.join(port, "bob")
+        self.expect(alice, "server", "bob joined")
+        rss0 = rss_bytes(server.p.pid)
+        for i, (header, error) in enumerate(self.CASES):
+            with self.subTest(header=header):
+                name = f"m{i}"
+                m = self.join(port, name)
+                self.expect(alice, "server", f"{name} joined")
+                m.sendall(header + b"7" * 200_000)  # whatever follows is never buffered
+                self.assertEqual(recv_message(m), ("server", f"protocol error: {error}"))
+                recv_until_closed(m)
+                self.expect(alice, "server", f"{name} left (protocol error: {error})")
+                self.send_text(bob, f"after {i}")
+                self.expect(alice, "bob", f"after {i}")
+        self.assertLess(rss_bytes(server.p.pid) - rss0, 4 * MiB)
+        events = self.read_log()
+        for i, (_, error) in enumerate(self.CASES):
+            logged = error.replace("\\", "\\\\")  # the log escapes the notice's backslashes
+            self.assertIn(("error", f"m{i}", f"protocol error: {logged}"), events)
+
+    def test_bad_header_instead_of_a_name(self):
+        server, port = self.start_attack_server()
+        alice = self.join(port, "alice")
+        for header, error in self.CASES[:4]:
+            with self.subTest(header=header):
+                s = self.raw_connect(port)
+                s.sendall(header)
+                self.assertEqual(recv_message(s), ("server", f"protocol error: {error}"))
+                recv_until_closed(s)
+        self.assertEqual([m for m in self.read_log() if m[0] == "error"][-1][2],
+                         f"protocol error: {self.CASES[3][1]}")
+        self.assert_still_serving(server, port)
+        reset(alice)
+
+
+# =============================================================================================
+class Resets(AttackTestCase):
+    def test_resets_mid_header_mid_payload_and_mid_write(self):
+        server, port = self.start_attack_server()
+        alice, bob = self.join(port, "alice"), self.join(port, "bob")
+        self.expect(alice, "server", "bob joined")
+        bob_reader = Reader(bob, keep_text=False)
+
+        s = self.raw_connect(port)
+        s.sendall(b"12")  # mid-header, before a name
+        reset(s)
+        for name, data in (("rh", b"12"), ("rp", b"100       " + b"p" * 50)):
+            s = self.join(port, name)
+            s.sendall(data)
+            time.sleep(0.05)
+            reset(s)
+            self.expect(alice, "server", f"{name} left (connection lost: Connection reset by peer)")
+
+        # Mid-write: lots queued for a client that does not read, then it resets, and the
+        # server goes on writing to everyone else.
+        victim = self.join(port, "victim")
+        victim.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        self.expect(alice, "server", "victim joined")
+        big = "v" * 60000
+        for _ in range(60):  # ~3.6 MB, under the 8 MiB cap
+            self.send_text(alice, big)
+        reset(victim)
+        for i in range(40):
+            self.send_text(alice, big)
+        self.send_text(alice, "done")
+        bob_reader.wait(lambda r: any(m[0] == "alice" and m[1] == 4 for m in r.messages),
+                        timeout=20, what="bob got 'done'")
+        got = [m for m in bob_reader.snapshot() if m[0] == "alice"]
+        self.assertEqual(len(got), 101)
+        self.assertIsNone(server.p.poll(), f"server died: {server.describe()}")
+        leaves = [e for e in self.read_log() if e[0] == "leave" and e[1] == "victim"]
+        self.assertEqual(len(leaves), 1, leaves)
+        self.assertTrue(leaves[0][2].startswith("connection lost"), leaves)
+        self.assert_still_serving(server, port)
+
+
+# =============================================================================================
+class ConnectionStorm(AttackTestCase):
+    def test_storm_leaks_no_descriptors_and_chat_goes_on(self):
+        server, port = self.start_attack_server()
+        alice, bob = self.join(port, "alice"), self.join(port, "bob")
+        self.expect(alice, "server", "bob joined")
+        pid = server.p.pid
+        baseline = fd_count(pid)
+        failures = []
+
+        def storm(worker, n):
+            for i in range(n):
+                try:
+                    s = socket.create_connection((HOST, port), timeout=TIMEOUT)
+                    kind = i % 4
+                    if kind == 1:
+                        s.sendall(b"5   ab")  # half a name
+                    elif kind == 2:
+                        s.sendall(frame(f"storm-{worker}-{i}"))  # a whole name, then gone
+                    if kind == 3 or i % 8 == 1:
+                        reset(s)
+                    else:
+                        s.close()
+                except OSError as e:
+                    failures.append(repr(e))
+
+        workers = [threading.Thread(target=storm, args=(w, 500)) for w in range(4)]
+        t0 = time.monotonic()
+        for w in workers:
+            w.start()
+        worst, rounds = 0.0, 0
+        while any(w.is_alive() for w in workers):
+            worst = max(worst, self.chat_round_trip(alice, bob, rounds))
+            rounds += 1
+        for w in workers:
+            w.join()
+        elapsed = time.monotonic() - t0
+        self.assertEqual(failures, [])
+        self.assertLess(worst, 0.5, f"slowest of {rounds} round trips during the storm")
+        self.assertGreater(2000 / elapsed, 200, f"only {2000 / elapsed:.0f} connections/s")
+        deadline = time.monotonic() + TIMEOUT
+        while fd_count(pid) != baseline and time.monotonic() < deadline:
+            time.sleep(0.05)
+        self.assertEqual(fd_count(pid), baseline, os.listdir(f"/proc/{pid}/fd"))
+        self.assertIsNone(server.p.poll())
+        self.chat_round_trip(alice, bob, "after")
+
+
+# =============================================================================================
+class DescriptorExhaustion(AttackTestCase):
+    def test_out_of_descriptors_pauses_accepts_without_spinning(self):
+        server, port = self.start_attack_server(
+            "--handshake-ms", 60000,
+            wrap=["sh", "-c", 'ulimit -n 64 && exec "$0" "$@"'])
+        pid = server.p.pid
+        alice, bob = self.join(port, "alice"), self.join(port, "bob")
+        self.expect(alice, "server", "bob joined")
+        hoard = []
+        for _ in range(90):  # past the limit: the rest wait in the listen backlog
+            hoard.append(self.raw_connect(port))
+        server.wait_for("pausing accepts")
+        self.assertGreaterEqual(fd_count(pid), 60)
+
+        cpu0, t0 = cpu_seconds(pid), time.monotonic()
+        for i in range(8):  # the members still chat meanwhile
+            self.chat_round_trip(alice, bob, i)
+        time.sleep(max(0.0, 2.0 - (time.monotonic() - t0)))
+        cpu, wall = cpu_seconds(pid) - cpu0, time.monotonic() - t0
+        self.assertLess(cpu, 0.3 * wall, f"server used {cpu:.2f} s of CPU in {wall:.2f} s")
+        self.assertEqual(server.out.count(b"pausing accepts"), 1, server.out)
+        self.assertRegex(server.out.decode(), r"cannot accept: Too many open files; pausing accepts\n")
+        self.assertIsNone(server.p.poll())
+
+        for s in hoard:
+            s.close()
+        deadline = time.monotonic() + TIMEOUT
+        while fd_count(pid) > 20 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        carol = self.join(port, "carol")
+        self.expect(alice, "server", "carol joined")
+        self.send_text(carol, "back in business")
+        self.expect(bob, "carol", "back in business")
+
+
+# =============================================================================================
+class Usernames(AttackTestCase):
+    # e2e_demos covers taken (any case), reserved (any case), leading space, 33 ASCII bytes,
+    # an escape and the empty name from the prompt: these are the rest, through raw frames.
+    def test_more_bad_names_are_refused(self):
+        server, port = self.start_attack_server()
+        cases = {
+            b"": "the name is empty",
+            b"\xff\xfe": "the name is not valid UTF-8",
+            b"\xc0\xaf": "the name is not valid UTF-8",        # overlong "/"
+            b"\xed\xa0\x80": "the name is not valid UTF-8",    # a surrogate
+            "é".encode() * 16 + b"a": "the name is longer than 32 bytes",
+            b"nul\x00": "the name contains control characters",
+            b"tab\there": "the name contains control characters",
+            b"del\x7f": "the name contains control characters",
+            "c1\u0085".encode(): "the name contains control characters",
+            b"line\nbreak": "the name contains control characters",
+            b"trailing ": "the name starts or ends with a space",
+            b"SERVER": 'the name "SERVER" is reserved',
+        }
+        for name, reason in cases.items():
+            with self.subTest(name=name):
+                s = self.raw_connect(port)
+                s.sendall(frame(name) + frame("must not be relayed"))
+                self.assertEqual(recv_message(s), ("server", f"name refused: {reason}"))
+                recv_until_closed(s)
+        ok = "é".encode() * 16  # exactly 32 bytes
+        s = self.join(port, ok.decode())
+        self.assertEqual([e[2] for e in self.read_log() if e[0] == "refused"], list(cases.values()))
+        self.assertNotIn(b"\x1b", server.out)
+        self.assertNotIn(b"line\nbreak", server.out)
+        reset(s)
+
+
+# =============================================================================================
+class LogInjection(AttackTestCase):
+    def test_names_and_messages_cannot_forge_log_lines(self):
+        server, port = self.start_attack_server()
+        alice = self.join(port, "alice")
+        odd = "back\\tslash\\n"  # literal backslashes: must not read as escapes in the log
+        m = self.join(port, odd)
+        self.expect(alice, "server", f"{odd} joined")
+        evil = ["a\r\n2026-01-01T00:00:00.000Z\tleave\talice\tforged", "\x1b[2J\x1b]0;title\x07",
+                "nul\x00inside", "lone\rcr", "\u2028\u2029"]
+        for text in evil:
+            self.send_text(m, text)
+            self.expect(alice, odd, text)
+        # a refused name full of escapes is logged under the peer address, escaped
+        s = self.raw_connect(port, "\x1b[31mred\r\nforged")
+        self.assertEqual(recv_message(s), ("server", "name refused: the name contains control characters"))
+        events = self.read_log()  # every line well-formed, no raw control characters
+        self.assertIn(("join", "back\\\\tslash\\\\n", events[1][2]), events)
+        msgs = [e[2] for e in events if e[0] == "message"]
+        self.assertEqual(msgs, ["a\\r\\n2026-01-01T00:00:00.000Z\\tleave\\talice\\tforged",
+                                "\\x1b[2J\\x1b]0;title\\x07", "nul\\x00inside", "lone\\rcr",
+                                "\u2028\u2029"])  # not control characters: as they are
+        self.assertNotIn(("leave", "alice", "forged"), events)
+        with open(self.path("chat.log"), "rb") as f:
+            raw = f.read()
+        self.assertNotIn(b"\x1b", raw)
+        self.assertNotIn(b"\r", raw)
+        self.assertNotIn(b"\x1b", server.out)
+
+
+# =============================================================================================
+class LogDurability(AttackTestCase):
+    def test_every_delivered_message_survives_kill_9(self):
+        server, port = self.start_attack_server()
+        reader = Reader(self.join(port, "reader"))
+        senders = [self.join(port, f"s{i}") for i in range(3)]
+        reader.wait(lambda r: ("server", "s2 joined") in r.messages)
+        stop = threading.Event()
+
+        def chatter(i, s):
+            n = 0
+            try:
+                while not stop.is_set():
+                    s.sendall(frame(f"s{i} message {n} " + "z" * (n % 200)))
+                    n += 1
+                    if n % 50 == 0:
+                        time.sleep(0.001)
+            except OSError:
+                pass  # the server is gone
+
+        threads = [threading.Thread(target=chatter, args=(i, s), daemon=True) for i, s in enumerate(senders)]
+        for t in threads:
+            t.start()
+        reader.wait(lambda r: len(r.messages) > 3000, timeout=20, what="3000 messages delivered")
+        server.p.kill()  # kill -9 in mid-stream
+        self.assertEqual(server.wait(), -signal.SIGKILL)
+        stop.set()
+        for t in threads:
+            t.join(TIMEOUT)
+        reader.wait(lambda r: r.closed, what="the reader's connection ends")
+        delivered = [m for m in reader.snapshot() if m[0] != "server"]
+        logged = [(e[1], e[2]) for e in self.read_log() if e[0] == "message"]
+        missing = set(delivered) - set(logged)
+        self.assertEqual(missing, set(), f"{len(missing)} of {len(delivered)} delivered messages not in the log")
+        for i in range(3):  # and per sender, in the order sent
+            mine = [t for s, t in logged if s == f"s{i}"]
+            self.assertEqual([int(t.split()[2]) for t in mine], list(range(len(mine))))
+
+
+# =============================================================================================
+class GracefulStop(AttackTestCase):
+    def test_sigint_under_load(self):
+        server, port = self.start_attack_server()
+        sink = self.join(port, "sink")
+        sink.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # never reads again
+        socks = [self.join(port, n) for n in ("alice", "bob", "carol")]
+        readers = [Reader(s) for s in socks]
+        readers[0].wait(lambda r: ("server", "carol joined") in r.messages)
+        for _ in range(100):  # ~6 MB queued for the sink, under the 8 MiB cap
+            self.send_text(socks[2], "q" * 60000)
+        stop = threading.Event()
+
+        def chatter(i, s):
+            n = 0
+            try:
+                while not stop.is_set():
+                    s.sendall(frame(f"c{i} {n}"))
+                    n += 1
+                    time.sleep(0.001)
+            except OSError:
+                pass
+
+        threads = [threading.Thread(target=chatter, args=(i, s), daemon=True) for i, s in enumerate(socks[:2])]
+        for t in threads:
+            t.start()
+        readers[2].wait(lambda r: len(r.messages) > 500, timeout=10, what="chat under way")
+        t0 = time.monotonic()
+        server.signal(signal.SIGINT)
+        self.assertEqual(server.wait(timeout=2.0 + TIMEOUT), 0, server.describe())
+        self.assertLess(time.monotonic() - t0, 3.5, "stop drains for at most 2 s")
+        stop.set()
+        for t in threads:
+            t.join(TIMEOUT)
+        server.wait_for("stopped\n")
+        logged = {(e[1], e[2]) for e in self.read_log() if e[0] == "message"}
+        for r in readers:
+            r.wait(lambda r: r.closed, what="closed")
+            got = r.snapshot()
+            self.assertEqual(got[-1], ("server", "the server is stopping"))
+            missing = {m for m in got if m[0] != "server"} - logged
+            self.assertEqual(missing, set(), "delivered but not logged")
+        events = self.read_log()
+        for n in ("sink", "alice", "bob", "carol"):
+            self.assertIn(("leave", n, "server stopping"), events)
+
+
+# =============================================================================================
+class Soak(AttackTestCase):
+    def test_twenty_clients_steady_chat(self):
+        clients, rate = 20, 10.0  # messages per second per client
+        server, port = self.start_attack_server()
+        pid = server.p.pid
+        names = [f"u{i:02d}" for i in range(clients)]
+        socks = [self.join(port, n) for n in names]
+        # received[i][sender] = list of sequence numbers, in arrival order
+        received = [{n: [] for n in names} for _ in names]
+        buffers = [bytearray() for _ in names]
+        pending_name = [None] * clients
+        sel = selectors.DefaultSelector()
+        for i, s in enumerate(socks):
+            s.setblocking(False)
+            sel.register(s, selectors.EVENT_READ, i)
+
+        def pump(timeout):
+            for key, _ in sel.select(timeout):
+                i = key.data
+                try:
+                    chunk = socks[i].recv(65536)
+                except BlockingIOError:
+                    continue
+                self.assertTrue(chunk, f"{names[i]} was disconnected")
+                buf = buffers[i]
+                buf += chunk
+                start = 0
+                while len(buf) - start >= 10:
+                    n = int(buf[start:start + 10])
+                    if len(buf) - start - 10 < n:
+                        break
+                    payload = bytes(buf[start + 10:start + 10 + n]).decode()
+                    start += 10 + n
+                    if pending_name[i] is None:
+                        pending_name[i] = payload
+                        continue
+                    sender, pending_name[i] = pending_name[i], None
+                    if sender != "server":
+                        who, seq = payload.split(" ", 1)
+                        self.assertEqual(who, sender)
+                        received[i][sender].append(int(seq.split(" ", 1)[0]))
+                del buf[:start]
+
+        def send(i, seq):
+            data = frame(f"{names[i]} {seq} " + "s" * (seq % 100))
+            socks[i].setblocking(True)
+            socks[i].sendall(data)
+            socks[i].setblocking(False)
+
+        t0 = time.monotonic()
+        interval = 1.0 / (rate * clients)
+        sent = 0
+        warm_rss, last_rss = None, None
+        while True:
+            now = time.monotonic() - t0
+            if now >= SOAK_SECONDS:
+                break
+            due = int(now / interval)
+            while sent < due:
+                send(sent % clients, sent // clients)
+                sent += 1
+            if warm_rss is None and now > min(5.0, SOAK_SECONDS / 3):
+                warm_rss = rss_bytes(pid)
+            pump(interval)
+        per_client = sent // clients
+        while sent < per_client * clients + (clients if sent % clients else 0):  # whole rounds
+            send(sent % clients, sent // clients)
+            sent += 1
+        counts = [sent // clients + (1 if i < sent % clients else 0) for i in range(clients)]
+        deadline = time.monotonic() + 10
+
+        def complete():
+            return all(len(received[i][names[j]]) >= counts[j]
+                       for i in range(clients) for j in range(clients) if i != j)
+
+        while not complete() and time.monotonic() < deadline:
+            pump(0.05)
+        last_rss = rss_bytes(pid)
+        for i in range(clients):
+            for j in range(clients):
+                got = received[i][names[j]]
+                want = [] if i == j else list(range(counts[j]))
+                if got != want:
+                    self.fail(f"{names[i]} from {names[j]}: {len(got)} of {len(want)}, "
+                              f"in order: {got == sorted(got)}, duplicates: {len(got) != len(set(got))}")
+        self.assertEqual(sum(1 for e in self.read_log() if e[0] == "message"), sent)
+        self.assertLess(last_rss - warm_rss, 2 * MiB,
+                        f"server RSS {warm_rss / MiB:.1f} MiB after warm-up, {last_rss / MiB:.1f} MiB at the end")
+        print(f"\n  soak: {SOAK_SECONDS:.0f} s, {sent} messages, {sent * (clients - 1)} deliveries, "
+              f"RSS {warm_rss / MiB:.1f} -> {last_rss / MiB:.1f} MiB", flush=True)
+        self.assertIsNone(server.p.poll())
+
+
+if __name__ == "__main__":
+    main(__name__)
