@@ -117,6 +117,7 @@
 #include <string_view>
 #include <system_error>
 #include <unordered_map>
+#include <unordered_set>
 #include <utility>
 #include <vector>
 
@@ -777,9 +778,12 @@ constexpr std::size_t default_max_name_bytes = 32;
 // payload. Throws std::length_error for a payload whose length does not fit in 10 digits.
 inline void append_frame(std::string& out, std::string_view payload) {
     if (payload.size() > 9'999'999'999ull) throw std::length_error("chatsock: frame too large");
-    char header[header_size + 1];
-    std::snprintf(header, sizeof header, "%-10llu", static_cast<unsigned long long>(payload.size()));
-    out.append(header, header_size);
+    char digits[header_size];
+    std::size_t n = 0;
+    for (unsigned long long v = payload.size(); n == 0 || v != 0; v /= 10) digits[n++] = char('0' + v % 10);
+    const std::size_t at = out.size();
+    out.append(header_size, ' ');  // left-aligned: the digits first, then the padding
+    for (std::size_t i = 0; i < n; ++i) out[at + i] = digits[n - 1 - i];
     out.append(payload.data(), payload.size());
 }
 
@@ -840,6 +844,14 @@ inline std::string printable(std::string_view s, bool escape_backslash = false) 
     out.reserve(s.size());
     char hex[8];
     for (std::size_t i = 0, n; i < s.size(); i += n) {
+        // Fast path: a run of printable ASCII goes out in one append.
+        std::size_t run = i;
+        while (run < s.size() && s[run] >= 0x20 && s[run] < 0x7F && (s[run] != '\\' || !escape_backslash)) ++run;
+        if (run > i) {
+            out.append(s.data() + i, run - i);
+            n = run - i;
+            continue;
+        }
         char32_t cp = 0;
         n = utf8_sequence(s, i, cp);
         if (n == 0) {  // not UTF-8: show the raw byte
@@ -921,13 +933,15 @@ private:
     std::string error_;
 };
 
+// Names compare without regard to ASCII case: "Alice" and "alice" are the same user.
+inline std::string ascii_lower(std::string_view s) {
+    std::string out(s);
+    for (char& c : out)
+        if (c >= 'A' && c <= 'Z') c = char(c - 'A' + 'a');
+    return out;
+}
 inline bool equal_ignoring_ascii_case(std::string_view a, std::string_view b) {
-    if (a.size() != b.size()) return false;
-    for (std::size_t i = 0; i < a.size(); ++i) {
-        const auto lower = [](char c) { return c >= 'A' && c <= 'Z' ? char(c - 'A' + 'a') : c; };
-        if (lower(a[i]) != lower(b[i])) return false;
-    }
-    return true;
+    return a.size() == b.size() && ascii_lower(a) == ascii_lower(b);
 }
 
 // Checks a username against the rules every chatsock server applies; empty when it is fine,
@@ -1013,18 +1027,42 @@ private:
 namespace detail {
 
 // "2026-11-25T03:39:03.123Z"
-inline std::string utc_timestamp(std::chrono::system_clock::time_point t) {
-    const auto ms = std::chrono::duration_cast<milliseconds>(t.time_since_epoch()).count();
-    const std::time_t secs = static_cast<std::time_t>(ms / 1000);
-    std::tm tm{};
+// Formats "2026-11-25T03:39:03.123Z"; the calendar part is worked out once per second.
+class UtcClock {
+public:
+    void append(std::string& out, std::chrono::system_clock::time_point when) {
+        const auto ms = std::chrono::duration_cast<milliseconds>(when.time_since_epoch()).count();
+        const long long secs = ms / 1000;
+        if (secs != cached_second_) {
+            const std::time_t t = static_cast<std::time_t>(secs);
+            std::tm tm{};
 #if defined(_WIN32)
-    ::gmtime_s(&tm, &secs);
+            ::gmtime_s(&tm, &t);
 #else
-    ::gmtime_r(&secs, &tm);
+            ::gmtime_r(&t, &tm);
 #endif
-    char out[80];  // room for any int the compiler imagines
-    std::snprintf(out, sizeof out, "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ", tm.tm_year + 1900,
-                  tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, static_cast<int>(ms % 1000));
+            char text[80];  // room for any int the compiler imagines
+            std::snprintf(text, sizeof text, "%04d-%02d-%02dT%02d:%02d:%02d.", tm.tm_year + 1900,
+                          tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec);
+            prefix_ = text;
+            cached_second_ = secs;
+        }
+        const int milli = static_cast<int>(ms % 1000);
+        out += prefix_;
+        out += char('0' + milli / 100);
+        out += char('0' + milli / 10 % 10);
+        out += char('0' + milli % 10);
+        out += 'Z';
+    }
+
+private:
+    long long cached_second_ = -1;
+    std::string prefix_;
+};
+
+inline std::string utc_timestamp(std::chrono::system_clock::time_point when) {
+    std::string out;
+    UtcClock().append(out, when);
     return out;
 }
 
@@ -1106,7 +1144,7 @@ public:
 
     void add(std::string_view event, std::string_view who, std::string_view text) {
         if (!open_) return;
-        pending_ += detail::utc_timestamp(std::chrono::system_clock::now());
+        clock_.append(pending_, std::chrono::system_clock::now());
         pending_ += '\t';
         pending_ += event;
         pending_ += '\t';
@@ -1130,6 +1168,7 @@ public:
 
 private:
     detail::AppendFile file_;
+    detail::UtcClock clock_;
     std::string path_;
     std::string pending_;
     bool open_ = false;
@@ -1374,10 +1413,11 @@ private:
             c.input.feed(buf, n);
             std::string_view frame;
             bool completed = false;
-            while (c.state != State::closing && c.input.next(frame)) {
+            while (c.state != State::closing && !c.dead && c.input.next(frame)) {
                 handle_frame(c, frame);
                 completed = true;
             }
+            if (c.dead) return;
             if (c.input.failed()) {
                 log_.add("error", who(c), "protocol error: " + c.input.error());
                 return refuse(c, "protocol error: " + c.input.error());
@@ -1409,9 +1449,12 @@ private:
         if (c.state == State::naming) return handle_username(c, frame);
         if (frame.empty()) return;  // nothing to say
         if (!is_valid_utf8(frame)) return send_to(c.info.id, "message not delivered: it is not valid UTF-8");
-        std::string text(frame);
-        if (on_message && !on_message(c.info, text)) return;
-        if (c.state != State::joined) return;  // the callback disconnected the sender
+        if (!on_message) return deliver(c, frame);
+        std::string text(frame);  // the callback may rewrite it
+        if (!on_message(c.info, text)) return;
+        if (c.state == State::joined && !c.dead) deliver(c, text);  // unless it cut the sender off
+    }
+    void deliver(Connection& c, std::string_view text) {
         log_.add("message", c.info.name, text);
         relay(encode_message(c.info.name, text), c.info.id);
     }
@@ -1419,15 +1462,14 @@ private:
     void handle_username(Connection& c, std::string_view frame) {
         std::string name(frame);
         std::string problem = check_username(name, options_.server_name, options_.max_name_bytes);
-        if (problem.empty()) {
-            for (const Connection* m : members_)
-                if (equal_ignoring_ascii_case(m->info.name, name)) problem = "the name \"" + name + "\" is taken";
-        }
+        if (problem.empty() && names_in_use_.count(ascii_lower(name)))
+            problem = "the name \"" + name + "\" is taken";
         if (!problem.empty()) {
             log_.add("refused", c.info.peer, problem);
             say("refused " + c.info.peer + ": " + problem);
             return refuse(c, "name refused: " + problem);
         }
+        names_in_use_.insert(ascii_lower(name));
         c.info.name = std::move(name);
         c.state = State::joined;
         c.member_slot = members_.size();
@@ -1444,11 +1486,10 @@ private:
 
     // ---- writing --------------------------------------------------------------------------
     void relay(const SharedBytes& bytes, ClientId except) {
-        // Over a copy: enqueue() may cut a member off (and its leave notice another), which
-        // reorders members_ mid-walk. Connections themselves live until the iteration ends.
-        const std::vector<Connection*> targets(members_);
-        for (Connection* m : targets)
-            if (m->info.id != except && m->state == State::joined && !m->dead) enqueue(*m, bytes);
+        // enqueue() may cut a member off; it stays in members_ (marked dead) until the end of
+        // the iteration, so this walk is never disturbed.
+        for (Connection* m : members_)
+            if (m->info.id != except && !m->dead) enqueue(*m, bytes);
     }
     void enqueue(Connection& c, SharedBytes bytes) {
         c.output.push(std::move(bytes));
@@ -1505,9 +1546,8 @@ private:
     // ---- closing --------------------------------------------------------------------------
     void close_connection(Connection& c, const std::string& reason) {
         if (c.dead) return;
-        c.dead = true;
-        if (c.state == State::joined) remove_member(c, reason);
-        c.state = State::closing;  // not a member any more: its later frames and its EOF must not count
+        c.dead = true;  // nothing more is read from it, relayed to it or relayed from it
+        if (c.state == State::joined) c.leave_reason = reason;  // announced in finish_iteration()
         doomed_.push_back(c.socket.get());
     }
     void remove_member(Connection& c, const std::string& reason) {
@@ -1515,6 +1555,7 @@ private:
         members_[c.member_slot] = last;
         last->member_slot = c.member_slot;
         members_.pop_back();
+        names_in_use_.erase(ascii_lower(c.info.name));
         log_.add("leave", c.info.name, reason);
         const std::string notice = c.info.name + (reason == "left" ? " left" : " left (" + reason + ")");
         say(printable(notice));
@@ -1599,6 +1640,11 @@ private:
             doomed.swap(doomed_);
             for (socket_t fd : doomed) {
                 auto it = connections_.find(fd);
+                Connection& c = *it->second;
+                if (c.state == State::joined) {
+                    c.state = State::closing;
+                    remove_member(c, c.leave_reason);  // notices the others, calls on_leave
+                }
                 poller_.remove(fd);
                 by_id_.erase(it->second->info.id);
                 connections_.erase(it);  // closes the socket
@@ -1628,6 +1674,7 @@ private:
             mark_dirty(c);
         }
         members_.clear();
+        names_in_use_.clear();
         finish_iteration();
         const auto deadline = Clock::now() + options_.stop_drain_time;
         while (!connections_.empty() && Clock::now() < deadline)  // the listener is gone: only
@@ -1645,6 +1692,7 @@ private:
     std::unordered_map<socket_t, std::unique_ptr<Connection>> connections_;
     std::unordered_map<ClientId, Connection*> by_id_;
     std::vector<Connection*> members_;  // joined users, in no particular order
+    std::unordered_set<std::string> names_in_use_;  // their names, in lower case
     std::deque<Timer> naming_;
     std::vector<ClientId> over_soft_, partial_, closing_, dirty_;
     std::vector<socket_t> doomed_;
