@@ -1,0 +1,327 @@
+#!/usr/bin/env bash
+# bench/run.sh — chatsock's benchmark: fixed workloads against demo_server (and, on request,
+# Redis pub/sub and the classic Python select() server), one markdown table at the end.
+#
+#   bench/run.sh [--quick] [--redis] [--python] [--no-log] [--server 'CMD {port}']
+#                [--server-proto chatsock|classic] [--sweep | --sweep-only] [--out DIR]
+#                [--wait-quiet SECONDS] [--repeat K]
+#
+#   --quick         scaled-down workloads: a smoke run of a minute or two
+#   --redis         also run the workloads on redis-server (must be installed: apt-get install
+#                   redis-server); it is started here on 127.0.0.1 and a free port, no persistence
+#   --python        also run them on tests/classic/classic_server.py
+#   --no-log        demo_server without its conversation log. demo_server has no switch for
+#                   that; its third argument is the log path and an empty one means no log, so
+#                   it is started with "" (the default run logs to a file in a temp directory)
+#   --server CMD    benchmark this command instead of demo_server; {port} becomes a free port
+#   --server-proto  what the --server command speaks: chatsock (welcome notice; the default)
+#                   or classic (no notices)
+#   --sweep         also run the client-count sweep (2..500 clients) that bench/plot.sh draws
+#   --sweep-only    only the sweep
+#   --out DIR       where results go (default bench/results/YYYYmmdd-HHMMSS)
+#   --repeat K      run every workload K times (interleaved across servers); the table shows
+#                   the median run of each
+#   --wait-quiet S  first wait up to S seconds for the machine to be idle (other processes using
+#                   under 15% of the CPUs): on a 2-core machine anything else running skews results
+#
+# Each run is one bench/chatsock_bench invocation printing one JSON line; they are collected
+# in DIR/results.jsonl with the server and workload added, then tabulated into DIR/table.md.
+# The 10,000-idle-client run needs a server that accepts 10,000 clients: demo_server refuses
+# the 1,001st (ServerOptions::max_clients defaults to 1,000), so that one workload runs on
+# bench/bench_server — demo_server with max_clients 20,000 and otherwise the same.
+set -u
+cd "$(dirname "$0")/.."
+ROOT=$(pwd)
+
+QUICK=0 REDIS=0 PYTHON=0 NOLOG=0 SWEEP=0 MAIN=1
+CUSTOM="" CUSTOM_PROTO=chatsock OUT="" WAIT_QUIET=0 REPEAT=1
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --quick) QUICK=1 ;;
+        --redis) REDIS=1 ;;
+        --python) PYTHON=1 ;;
+        --no-log) NOLOG=1 ;;
+        --sweep) SWEEP=1 ;;
+        --sweep-only) SWEEP=1 MAIN=0 ;;
+        --server) CUSTOM="$2"; shift ;;
+        --server-proto) CUSTOM_PROTO="$2"; shift ;;
+        --out) OUT="$2"; shift ;;
+        --wait-quiet) WAIT_QUIET="$2"; shift ;;
+        --repeat) REPEAT="$2"; shift ;;
+        -h|--help) sed -n '2,31p' "$0"; exit 0 ;;
+        *) echo "run.sh: unknown option $1" >&2; exit 2 ;;
+    esac
+    shift
+done
+
+# ---- build, limits, scratch ------------------------------------------------------------------
+make -s demo_server bench || { echo "run.sh: build failed" >&2; exit 2; }
+BENCH=$ROOT/bench/chatsock_bench
+
+HARD=$(ulimit -Hn)
+ulimit -n "$HARD" 2>/dev/null || echo "run.sh: could not raise ulimit -n to $HARD" >&2
+NOFILE=$(ulimit -n)
+if [ "$NOFILE" != unlimited ] && [ "$NOFILE" -lt 10100 ]; then
+    echo "run.sh: ulimit -n is $NOFILE (hard $HARD): the 10,000-client run will be refused descriptors" >&2
+fi
+
+[ -n "$OUT" ] || OUT=$ROOT/bench/results/$(date +%Y%m%d-%H%M%S)
+mkdir -p "$OUT"
+RESULTS=$OUT/results.jsonl
+: > "$RESULTS"
+TMP=$(mktemp -d /tmp/chatsock-bench.XXXXXX)
+cleanup() {
+    stop_all 2>/dev/null
+    rm -rf "$TMP"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+note() { printf '%s\n' "$*" >&2; }
+
+# Percent of all CPUs busy over two seconds, from /proc/stat.
+busy_pct() {
+    local a b
+    a=$(awk '/^cpu / {print $2+$3+$4+$7+$8+$9, $2+$3+$4+$5+$6+$7+$8+$9}' /proc/stat)
+    sleep 2
+    b=$(awk '/^cpu / {print $2+$3+$4+$7+$8+$9, $2+$3+$4+$5+$6+$7+$8+$9}' /proc/stat)
+    echo "$a $b" | awk '{ d = $4 - $2; print (d > 0 ? int(100 * ($3 - $1) / d) : 0) }'
+}
+BUSY=$(busy_pct)
+if [ "$WAIT_QUIET" -gt 0 ]; then
+    waited=0
+    while [ "$BUSY" -ge 15 ] && [ "$waited" -lt "$WAIT_QUIET" ]; do
+        printf 'run.sh: the machine is %s%% busy; waiting for it to be quiet\n' "$BUSY" >&2
+        sleep 8; waited=$((waited + 10))
+        BUSY=$(busy_pct)
+    done
+fi
+[ "$BUSY" -ge 15 ] && printf 'run.sh: note: other processes keep the CPUs %s%% busy: expect noisy results\n' "$BUSY" >&2
+
+{
+    echo "date: $(date -u +%Y-%m-%dT%H:%M:%SZ)"
+    echo "host: $(uname -srm), $(nproc) cores, $(awk '/MemTotal/ {print int($2/1024) " MiB"}' /proc/meminfo)"
+    echo "git: $(git rev-parse --short HEAD 2>/dev/null)$(git diff --quiet HEAD -- chatsock.hpp 2>/dev/null || echo ' (chatsock.hpp modified)')"
+    echo "ulimit -n: $NOFILE"
+    echo "load before: $(cut -d' ' -f1-3 /proc/loadavg); CPUs busy before the runs: $BUSY%"
+} > "$OUT/env.txt"
+
+# ---- servers ----------------------------------------------------------------------------------
+# Every server runs for the whole benchmark (an idle one costs nothing), and each workload goes
+# to each server in turn, so that anything else happening on the machine hits all of them alike.
+declare -A PID PORT PROTO
+
+free_port() {
+    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
+}
+
+# wait_for_port_line PID FILE REGEX SECONDS: the port in the "127.0.0.1:PORT" of the matching line
+wait_for_port_line() {
+    local pid=$1 file=$2 regex=$3 limit=$4 i=0 line
+    while [ $i -lt $((limit * 10)) ]; do
+        if line=$(grep -m1 -E "$regex" "$file" 2>/dev/null); then
+            echo "$line" | grep -oE '127\.0\.0\.1:[0-9]+' | head -1 | cut -d: -f2
+            return 0
+        fi
+        kill -0 "$pid" 2>/dev/null || return 1
+        sleep 0.1; i=$((i + 1))
+    done
+    return 1
+}
+
+wait_for_connect() {  # PID PORT SECONDS
+    local i=0
+    while [ $i -lt $(($3 * 10)) ]; do
+        (exec 3<>"/dev/tcp/127.0.0.1/$2") 2>/dev/null && return 0
+        kill -0 "$1" 2>/dev/null || return 1
+        sleep 0.1; i=$((i + 1))
+    done
+    return 1
+}
+
+# start_server NAME [BINARY]: NAME is chatsock, redis, python or custom; for chatsock, BINARY
+# "max" means bench/bench_server with max_clients 20,000 instead of demo_server.
+start_server() {
+    local name=$1 variant=${2:-} log=$TMP/conversation-$1.log pid port="" out=$OUT/server-$1${2:+-$2}.out
+    [ "$NOLOG" = 1 ] && log=""
+    case "$name" in
+        chatsock)
+            if [ "$variant" = max ]; then ./bench/bench_server 127.0.0.1 0 "$log" 20000 > "$out" 2>&1 &
+            else ./demo_server 127.0.0.1 0 "$log" > "$out" 2>&1 & fi
+            pid=$!; PROTO[$name]=chatsock
+            port=$(wait_for_port_line "$pid" "$out" '^listening on' 10) ;;
+        python)
+            python3 -u tests/classic/classic_server.py 127.0.0.1 0 > "$out" 2>&1 &
+            pid=$!; PROTO[$name]=classic
+            port=$(wait_for_port_line "$pid" "$out" '^Listening for connections' 10) ;;
+        redis)
+            port=$(free_port)
+            redis-server --bind 127.0.0.1 --port "$port" --protected-mode yes --save '' --appendonly no \
+                --maxclients 20000 --daemonize no --logfile "$OUT/server-redis.log" > "$out" 2>&1 &
+            pid=$!; PROTO[$name]=redis
+            wait_for_connect "$pid" "$port" 10 || port="" ;;
+        custom)
+            port=$(free_port)
+            bash -c "exec ${CUSTOM//\{port\}/$port}" > "$out" 2>&1 &
+            pid=$!; PROTO[$name]=$CUSTOM_PROTO
+            wait_for_connect "$pid" "$port" 10 || port="" ;;
+    esac
+    PID[$name]=$pid
+    if [ -z "$port" ]; then
+        note "run.sh: server $name did not start; see $out"
+        stop_server "$name"
+        return 1
+    fi
+    PORT[$name]=$port
+    sleep 0.2
+    note "== $name${variant:+ ($variant)}: pid $pid, port $port"
+}
+
+stop_server() {
+    local pid=${PID[$1]:-} i=0
+    [ -n "$pid" ] || return 0
+    kill "$pid" 2>/dev/null
+    while kill -0 "$pid" 2>/dev/null && [ $i -lt 50 ]; do sleep 0.1; i=$((i + 1)); done
+    kill -9 "$pid" 2>/dev/null
+    wait "$pid" 2>/dev/null
+    PID[$1]=""
+}
+
+stop_all() { local s; for s in "${!PID[@]}"; do stop_server "$s"; done; }
+
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat" 2>/dev/null || echo 0; }
+rss_kb() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status" 2>/dev/null || echo -1; }
+hwm_kb() { awk '/^VmHWM:/ {print $2}' "/proc/$1/status" 2>/dev/null || echo -1; }
+
+# The previous run's clients are gone once the server stops using CPU (a chat server announces
+# every leave to everyone left, which takes a while after 10,000 clients).
+quiesce() {
+    local pid=$1 i=0 a b
+    a=$(cpu_ticks "$pid")
+    while [ $i -lt 300 ]; do
+        sleep 0.3
+        b=$(cpu_ticks "$pid")
+        [ $((b - a)) -le 1 ] && return 0
+        a=$b; i=$((i + 1))
+    done
+}
+
+record() {  # SERVER WORKLOAD JSON — adds the server, the workload and the load average
+    local server=$1 workload=$2 json=$3 load
+    load=$(cut -d' ' -f1 /proc/loadavg)
+    [ -n "$json" ] || json='{"ok":false,"error":"no output"}'
+    printf '%s\n' "{\"server\":\"$server\",\"workload\":\"$workload\",\"load1\":$load,${json#\{}" >> "$RESULTS"
+}
+
+record_rss() {  # SERVER WHAT
+    record "$1" "rss_$2" "{\"rss_kb\":$(rss_kb "${PID[$1]}"),\"hwm_kb\":$(hwm_kb "${PID[$1]}")}"
+}
+
+# run SERVER WORKLOAD TIMEOUT BENCH-ARGS...
+run() {
+    local server=$1 workload=$2 timeout=$3 json
+    shift 3
+    [ -n "${PID[$server]:-}" ] || return 0
+    quiesce "${PID[$server]}"
+    note "   $server $workload: $*"
+    json=$("$BENCH" --port "${PORT[$server]}" --proto "${PROTO[$server]}" --server-pid "${PID[$server]}" \
+        --timeout "$timeout" --label "$server:$workload" "$@" 2>>"$OUT/bench-stderr.txt" | tail -1)
+    record "$server" "$workload" "$json"
+    note "   -> $(printf '%s' "$json" | grep -oE '"(ok|deliveries_per_s|payload_MBps|lat_p50_us|lat_p99_us|connect_ms|broadcast_ms|refused)":[^,}]*' | tr '\n' ' ')"
+}
+
+# ---- workloads --------------------------------------------------------------------------------
+if [ "$QUICK" = 1 ]; then
+    PAIR_M=10000 C50_M=200 C500_M=10 BIG_M=100 LAT_M=40 IDLE_N=1000 SMALL_IDLE_N=200
+    RAW_BYTES=$((512 << 20)) SWEEP_DELIVERIES=200000
+else
+    PAIR_M=100000 C50_M=2000 C500_M=100 BIG_M=1000 LAT_M=200 IDLE_N=10000 SMALL_IDLE_N=1000
+    RAW_BYTES=$((4 << 30)) SWEEP_DELIVERIES=2000000
+fi
+LAT_RATE=2000
+echo "workloads: pair 2x${PAIR_M}x64, c50 50x${C50_M}x64, c500 500x${C500_M}x64, big 50x${BIG_M}x4096, latency 50 clients ${LAT_RATE}/s x ${LAT_M} each, idle ${IDLE_N} and ${SMALL_IDLE_N}; repeats: $REPEAT" >> "$OUT/env.txt"
+
+# The Python server relays with one blocking sendall() per recipient: its heaviest runs are
+# scaled down (deliveries/s is a rate, so the numbers stay comparable) to keep it to minutes.
+scaled() {  # SERVER M -> M for that server
+    if [ "$1" = python ]; then echo $(( $2 / 5 > 0 ? $2 / 5 : 1 )); else echo "$2"; fi
+}
+
+SERVERS=()
+if [ -n "$CUSTOM" ]; then SERVERS+=(custom); else SERVERS+=(chatsock); fi
+if [ "$REDIS" = 1 ]; then
+    if command -v redis-server > /dev/null; then SERVERS+=(redis)
+    else note "run.sh: --redis: redis-server is not installed (apt-get install redis-server); skipped"; fi
+fi
+[ "$PYTHON" = 1 ] && SERVERS+=(python)
+
+each() {  # WORKLOAD TIMEOUT BENCH-ARGS... on every server, REPEAT times
+    local workload=$1 timeout=$2 s r
+    shift 2
+    for r in $(seq "$REPEAT"); do
+        for s in "${SERVERS[@]}"; do run "$s" "$workload" "$timeout" "$@"; done
+    done
+}
+
+for s in "${SERVERS[@]}"; do
+    start_server "$s" && record_rss "$s" start
+done
+
+if [ "$MAIN" = 1 ]; then
+    # The loopback ceilings: one connection (1 MiB writes), and the fan-out's shape — 49
+    # connections written round robin from one 64 KiB buffer — with no work besides the I/O.
+    note "== raw loopback ceilings"
+    for r in $(seq "$REPEAT"); do
+        record raw raw "$("$BENCH" --raw --raw-bytes "$RAW_BYTES" --timeout 60 --label raw 2>>"$OUT/bench-stderr.txt" | tail -1)"
+        record raw raw49 "$("$BENCH" --raw --raw-streams 49 --raw-chunk 65536 --raw-bytes "$RAW_BYTES" --timeout 60 \
+            --label raw49 2>>"$OUT/bench-stderr.txt" | tail -1)"
+    done
+    for r in $(seq "$REPEAT"); do
+        for s in "${SERVERS[@]}"; do run "$s" pair 180 --clients 2 --messages "$PAIR_M" --size 64; done
+        for s in "${SERVERS[@]}"; do run "$s" c50 180 --clients 50 --messages "$(scaled "$s" "$C50_M")" --size 64; done
+        for s in "${SERVERS[@]}"; do run "$s" c500 300 --clients 500 --messages "$(scaled "$s" "$C500_M")" --size 64; done
+        for s in "${SERVERS[@]}"; do run "$s" big4k 180 --clients 50 --messages "$(scaled "$s" "$BIG_M")" --size 4096; done
+    done
+    for s in "${SERVERS[@]}"; do [ -n "${PID[$s]:-}" ] && quiesce "${PID[$s]}" && record_rss "$s" after_big; done
+    each latency 120 --clients 50 --messages "$LAT_M" --size 64 --rate "$LAT_RATE"
+    each idle_small 180 --clients "$SMALL_IDLE_N" --idle --size 64
+fi
+if [ "$SWEEP" = 1 ]; then
+    for n in 2 10 50 100 200 500; do
+        m=$(( SWEEP_DELIVERIES / (n * (n - 1)) ))
+        [ "$m" -lt 10 ] && m=10
+        [ "$m" -gt 500000 ] && m=500000
+        for r in $(seq "$REPEAT"); do
+            for s in "${SERVERS[@]}"; do
+                ms=$m
+                [ "$s" = python ] && [ "$m" -gt 20 ] && ms=$(( m / 4 ))
+                run "$s" "sweep$n" 300 --clients "$n" --messages "$ms" --size 64
+            done
+        done
+    done
+fi
+if [ "$MAIN" = 1 ]; then
+    # Many idle clients, each server fresh so that its RSS growth is the clients'. chatsock's on
+    # bench_server when demo_server's limit of 1,000 clients is in the way; none for Python
+    # (select() cannot watch descriptors past FD_SETSIZE, 1024).
+    for s in "${SERVERS[@]}"; do
+        [ "$s" = python ] && { note "   python idle: skipped (select() stops at 1,024 descriptors)"; continue; }
+        stop_server "$s"
+        if [ "$s" = chatsock ] && [ "$IDLE_N" -gt 1000 ]; then start_server chatsock max || continue
+        else start_server "$s" || continue; fi
+        record_rss "$s" idle_start
+        run "$s" idle 300 --clients "$IDLE_N" --idle --size 64 --connect-batch 256
+        stop_server "$s"
+    done
+fi
+stop_all
+echo "load after: $(cut -d' ' -f1-3 /proc/loadavg)" >> "$OUT/env.txt"
+
+# ---- the table --------------------------------------------------------------------------------
+python3 "$ROOT/bench/table.py" "$OUT" | tee "$OUT/table.md"
+note "results: $OUT"
+if grep -q '"ok":false' "$RESULTS"; then
+    note "run.sh: some runs failed (see the table's notes and $OUT/bench-stderr.txt)"
+    exit 1
+fi
+exit 0
