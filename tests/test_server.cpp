@@ -30,6 +30,15 @@ struct Leave {
     std::string name, reason;
 };
 
+// Every on_leave call of a server, in order. Declare it after the server it watches.
+struct Leaves : std::vector<Leave> {
+    explicit Leaves(chatsock::Server& server) {
+        server.on_leave = [this](const chatsock::ClientInfo& c, std::string_view reason) {
+            push_back({c.name, std::string(reason)});
+        };
+    }
+};
+
 // "2026-11-25T03:39:03.123Z": checked by hand (std::regex trips g++ 12's warnings under ASan).
 bool is_iso8601_utc_ms(const std::string& t) {
     const std::string shape = "dddd-dd-ddTdd:dd:dd.dddZ";
@@ -276,10 +285,7 @@ TEST_CASE("max_clients: connections beyond it are told and closed") {
 
 TEST_CASE("a protocol error disconnects that client only") {
     chatsock::Server server(cst::quiet_options());
-    std::vector<Leave> leaves;
-    server.on_leave = [&](const chatsock::ClientInfo& c, std::string_view reason) {
-        leaves.push_back({c.name, std::string(reason)});
-    };
+    Leaves leaves(server);
     const auto port = cst::start(server);
     ChatUser alice, bob;
     cst::join_wait(server, alice, port, "alice");
@@ -471,10 +477,7 @@ TEST_CASE("send_to and broadcast from outside a callback, between run_once calls
 
 TEST_CASE("a client that resets its connection leaves with the reason") {
     chatsock::Server server(cst::quiet_options());
-    std::vector<Leave> leaves;
-    server.on_leave = [&](const chatsock::ClientInfo& c, std::string_view reason) {
-        leaves.push_back({c.name, std::string(reason)});
-    };
+    Leaves leaves(server);
     const auto port = cst::start(server);
     ChatUser alice;
     cst::join_wait(server, alice, port, "alice");
@@ -587,10 +590,7 @@ TEST_CASE("the hard output limit disconnects a client that does not read; the ot
     options.output_hard_limit = 256 * 1024;
     options.output_soft_limit = std::size_t(1) << 30;  // only the hard limit here
     chatsock::Server server(options);
-    std::vector<Leave> leaves;
-    server.on_leave = [&](const chatsock::ClientInfo& c, std::string_view reason) {
-        leaves.push_back({c.name, std::string(reason)});
-    };
+    Leaves leaves(server);
     const auto port = cst::start(server);
     ChatUser alice, bob;
     cst::join_wait(server, alice, port, "alice");
@@ -657,10 +657,7 @@ TEST_CASE("a burst over the soft limit is tolerated if the client catches up in 
     options.output_soft_limit = 64 * 1024;
     options.soft_limit_time = milliseconds(4000);
     chatsock::Server server(options);
-    std::vector<Leave> leaves;
-    server.on_leave = [&](const chatsock::ClientInfo& c, std::string_view reason) {
-        leaves.push_back({c.name, std::string(reason)});
-    };
+    Leaves leaves(server);
     const auto port = cst::start(server);
     ChatUser alice;
     cst::join_wait(server, alice, port, "alice");
@@ -989,10 +986,7 @@ TEST_CASE("stop() then run(): clients are told the server is stopping, then clos
     auto options = cst::quiet_options();
     options.stop_drain_time = milliseconds(300);
     chatsock::Server server(options);
-    std::vector<Leave> leaves;
-    server.on_leave = [&](const chatsock::ClientInfo& c, std::string_view reason) {
-        leaves.push_back({c.name, std::string(reason)});
-    };
+    Leaves leaves(server);
     const auto port = cst::start(server);
     ChatUser alice, bob;
     cst::join_wait(server, alice, port, "alice");
@@ -1041,10 +1035,7 @@ TEST_CASE("a frame that stalls halfway is cut off after frame_timeout") {
     auto options = cst::quiet_options();
     options.frame_timeout = milliseconds(200);
     chatsock::Server server(options);
-    std::vector<Leave> leaves;
-    server.on_leave = [&](const chatsock::ClientInfo& c, std::string_view reason) {
-        leaves.push_back({c.name, std::string(reason)});
-    };
+    Leaves leaves(server);
     const auto port = cst::start(server);
     ChatUser alice;
     cst::join_wait(server, alice, port, "alice");
@@ -1164,10 +1155,7 @@ TEST_CASE("a burst larger than the hard limit does not cut off a client that rea
     auto options = cst::quiet_options();
     options.output_hard_limit = 32 * 1024;
     chatsock::Server server(options);
-    std::vector<Leave> leaves;
-    server.on_leave = [&](const chatsock::ClientInfo& c, std::string_view reason) {
-        leaves.push_back({c.name, std::string(reason)});
-    };
+    Leaves leaves(server);
     const auto port = cst::start(server);
     ChatUser bob;
     cst::join_wait(server, bob, port, "bob");
