@@ -63,7 +63,13 @@ $(BIN)/unit.exe: $(WIN_TEST_SOURCES) chatsock.hpp tests/support.hpp | $(BIN)/inc
 	$(MINGW) $(WINFLAGS) -I. -I$(BIN)/include -DDOCTEST_CONFIG_NO_MULTITHREADING \
 	    $(WIN_TEST_SOURCES) -o $@ -lws2_32
 
-test-windows: windows all
+# Below Vista (no WSAPoll) the header must stop the build with a clear #error.
+$(BIN)/win_vista_check: chatsock.hpp | $(BIN)
+	if printf '#define _WIN32_WINNT 0x0501\n#include "chatsock.hpp"\n' | \
+	    $(MINGW) -std=c++17 -fsyntax-only -I. -x c++ - 2>$@.err; then exit 1; fi
+	grep -q 'chatsock needs Windows Vista or later' $@.err && touch $@
+
+test-windows: windows all $(BIN)/win_vista_check
 	bash tests/run_windows.sh
 
 test: all $(BIN)/unit $(BIN)/unit_poll $(BIN)/attack_server
