@@ -80,8 +80,14 @@ VALGRIND ?= valgrind --error-exitcode=1 --leak-check=full --errors-for-leak-kind
 valgrind: $(BIN)/unit
 	$(VALGRIND) $(BIN)/unit --no-intro -ts=server,client
 
-sanitize: $(BIN)/unit_asan
+$(BIN)/attack_server_asan: tests/attack_server.cpp chatsock.hpp | $(BIN)
+	$(CXX) $(TESTFLAGS) $(SANFLAGS) tests/attack_server.cpp -o $@
+
+# The unit tests, then the attack suite against a sanitized server (shorter soak).
+sanitize: $(BIN)/unit_asan $(BIN)/attack_server_asan
 	ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 $(BIN)/unit_asan
+	CHATSOCK_ATTACK_SERVER=$(CURDIR)/$(BIN)/attack_server_asan CHATSOCK_SANITIZED=1 \
+	    CHATSOCK_SOAK_SECONDS=10 python3 tests/e2e_attacks.py
 
 # Fuzzing (clang + libFuzzer). Each target runs on a working copy of its seed corpus in
 # fuzz/corpus-work/, so the seeds in fuzz/corpus/ stay as they are; a crash leaves its input

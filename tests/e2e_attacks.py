@@ -26,7 +26,10 @@ from harness import (DEVNULL, HOST, ROOT, TIMEOUT, frame, main, recv_exactly, re
                      recv_until_closed)
 from e2e_demos import DemoTestCase  # noqa: E402  (read_log, wait_log: the log's format checked)
 
-ATTACK_SERVER = os.path.join(ROOT, "tests", "bin", "attack_server")
+ATTACK_SERVER = os.environ.get("CHATSOCK_ATTACK_SERVER") or os.path.join(ROOT, "tests", "bin", "attack_server")
+# Under AddressSanitizer (make sanitize) freed memory sits in a quarantine, so RSS says nothing
+# about the server's own memory: the memory bounds are checked in the plain build only.
+SANITIZED = bool(os.environ.get("CHATSOCK_SANITIZED"))
 LISTENING = __import__("re").compile(rb"\Alistening on 127\.0\.0\.1:(\d+) \((\w+)\)\n")
 SOAK_SECONDS = float(os.environ.get("CHATSOCK_SOAK_SECONDS", "45"))
 MiB = 1 << 20
@@ -329,8 +332,9 @@ class SlowConsumer(AttackTestCase):
         got = [m for m in reader.snapshot() if m[0] == "sender"]
         self.assertEqual(len(got), count)
         self.assertTrue(got == expected, "the reader's messages differ (order or content)")
-        self.assertLess(peak - before, 24 * MiB,
-                        f"server RSS grew by {(peak - before) / MiB:.1f} MiB while relaying {total / MiB:.0f} MiB")
+        if not SANITIZED:
+            self.assertLess(peak - before, 24 * MiB,
+                            f"server RSS grew by {(peak - before) / MiB:.1f} MiB while relaying {total / MiB:.0f} MiB")
         reason = f"too slow: output queue over {8 * MiB} bytes"
         self.assertIn(("server", f"slow left ({reason})"), reader.snapshot())
         sender_notices.wait_for(("server", f"slow left ({reason})"))
@@ -369,7 +373,8 @@ class BadHeaders(AttackTestCase):
                 self.expect(alice, "server", f"{name} left (protocol error: {error})")
                 self.send_text(bob, f"after {i}")
                 self.expect(alice, "bob", f"after {i}")
-        self.assertLess(rss_bytes(server.p.pid) - rss0, 4 * MiB)
+        if not SANITIZED:
+            self.assertLess(rss_bytes(server.p.pid) - rss0, 4 * MiB)
         events = self.read_log()
         for i, (_, error) in enumerate(self.CASES):
             logged = error.replace("\\", "\\\\")  # the log escapes the notice's backslashes
@@ -752,8 +757,9 @@ class Soak(AttackTestCase):
                     self.fail(f"{names[i]} from {names[j]}: {len(got)} of {len(want)}, "
                               f"in order: {got == sorted(got)}, duplicates: {len(got) != len(set(got))}")
         self.assertEqual(sum(1 for e in self.read_log() if e[0] == "message"), sent)
-        self.assertLess(last_rss - warm_rss, 2 * MiB,
-                        f"server RSS {warm_rss / MiB:.1f} MiB after warm-up, {last_rss / MiB:.1f} MiB at the end")
+        if not SANITIZED:
+            self.assertLess(last_rss - warm_rss, 2 * MiB,
+                            f"server RSS {warm_rss / MiB:.1f} MiB after warm-up, {last_rss / MiB:.1f} MiB at the end")
         print(f"\n  soak: {SOAK_SECONDS:.0f} s, {sent} messages, {sent * (clients - 1)} deliveries, "
               f"RSS {warm_rss / MiB:.1f} -> {last_rss / MiB:.1f} MiB", flush=True)
         self.assertIsNone(server.p.poll())
