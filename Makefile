@@ -59,7 +59,7 @@ demo_client.exe: demo_client.cpp chatsock.hpp
 $(BIN)/include/doctest: | $(BIN)
 	mkdir -p $(BIN)/include && ln -sfn /usr/include/doctest $@
 
-$(BIN)/unit.exe: $(WIN_TEST_SOURCES) chatsock.hpp tests/support.hpp | $(BIN)/include/doctest
+$(BIN)/unit.exe: $(WIN_TEST_SOURCES) $(wildcard tests/windows/*.inc) chatsock.hpp tests/support.hpp | $(BIN)/include/doctest
 	$(MINGW) $(WINFLAGS) -I. -I$(BIN)/include -DDOCTEST_CONFIG_NO_MULTITHREADING \
 	    $(WIN_TEST_SOURCES) -o $@ -lws2_32
 

@@ -8,23 +8,9 @@
 
 #include <string>
 
-// A server and a client built in this translation unit: the welcome the client receives.
-std::string winsock2_first_welcome() {
-    chatsock::ServerOptions options;
-    options.port = 0;
-    options.diagnostics = nullptr;
-    chatsock::Server server(options);
-    if (server.listen()) return "listen failed";
-    std::string welcome;
-    chatsock::Client client;
-    client.on_message = [&welcome](const chatsock::Message& m) { welcome = m.text; };
-    if (client.connect("127.0.0.1", server.port(), "winsock2.h")) return "connect failed";
-    for (int i = 0; i < 1000 && welcome.empty(); ++i) {
-        server.run_once(chatsock::milliseconds(5));
-        client.poll(chatsock::milliseconds(0));
-    }
-    return welcome;
-}
+#include "welcome_roundtrip.inc"
+
+std::string winsock2_first_welcome() { return welcome_roundtrip("winsock2.h"); }
 
 // The header's socket type is Winsock's own, so chatsock sockets mix with this program's calls.
 bool winsock2_first_socket_is_winsock() {
