@@ -1632,13 +1632,13 @@ private:
     void finish_iteration() {
         while (!dirty_.empty() || !doomed_.empty()) {
             log_.flush(options_.diagnostics);  // every line reaches the OS before its message leaves
-            std::vector<ClientId> dirty;
-            dirty.swap(dirty_);
-            for (ClientId id : dirty)
+            // Swapped with kept buffers: flushing may queue more, and no iteration allocates.
+            dirty_now_.swap(dirty_);
+            for (ClientId id : dirty_now_)
                 if (Connection* c = live(id)) flush(*c);
-            std::vector<socket_t> doomed;
-            doomed.swap(doomed_);
-            for (socket_t fd : doomed) {
+            dirty_now_.clear();
+            doomed_now_.swap(doomed_);
+            for (socket_t fd : doomed_now_) {
                 auto it = connections_.find(fd);
                 Connection& c = *it->second;
                 if (c.state == State::joined) {
@@ -1649,6 +1649,7 @@ private:
                 by_id_.erase(it->second->info.id);
                 connections_.erase(it);  // closes the socket
             }
+            doomed_now_.clear();
         }
         log_.flush(options_.diagnostics);
     }
@@ -1696,6 +1697,8 @@ private:
     std::deque<Timer> naming_;
     std::vector<ClientId> over_soft_, partial_, closing_, dirty_;
     std::vector<socket_t> doomed_;
+    std::vector<ClientId> dirty_now_;   // finish_iteration()'s working copies
+    std::vector<socket_t> doomed_now_;
     std::vector<PollEvent> events_;
     ClientId next_id_ = 1;
     std::atomic<bool> stop_requested_{false};
