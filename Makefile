@@ -113,17 +113,15 @@ fuzz: $(BIN)/fuzz_decoder $(BIN)/fuzz_server_input
 	    grep -E '^#[0-9]+[[:space:]]+DONE|^stat::(number_of_executed_units|average_exec_per_sec|new_units_added)' $$log; \
 	done
 
-# Benchmark tools, never part of the tests: bench/run.sh builds them and runs the workloads.
-bench: bench/chatsock_bench bench/bench_server
+# The load generator, never part of the tests: bench/run.sh builds it and demo_server, then
+# runs the workloads.
+bench: bench/chatsock_bench demo_server
 
 bench/chatsock_bench: bench/chatsock_bench.cpp
 	$(CXX) -std=c++17 -O2 -g -Wall -Wextra -Wpedantic -Werror $< -o $@
 
-bench/bench_server: bench/bench_server.cpp chatsock.hpp
-	$(CXX) $(CXXFLAGS) $< -o $@
-
 clean:
 	rm -rf $(BIN) build demo_server demo_client demo_server.exe demo_client.exe
-	rm -f bench/chatsock_bench bench/bench_server
+	rm -f bench/chatsock_bench
 
 .PHONY: all test valgrind sanitize clean windows test-windows fuzz bench

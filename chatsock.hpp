@@ -91,6 +91,7 @@
 #  include <netinet/tcp.h>
 #  include <poll.h>
 #  include <signal.h>
+#  include <sys/resource.h>
 #  include <sys/socket.h>
 #  include <sys/types.h>
 #  include <sys/uio.h>
@@ -242,6 +243,24 @@ struct NetworkInit {
 };
 inline void start_network() {}
 #endif
+
+// Every client costs a descriptor, and POSIX caps them per process (`ulimit -n`, often 1,024).
+// Raises the soft limit toward `wanted` as far as the hard limit allows; returns the limit now
+// in force. Windows has no such limit on sockets.
+inline std::size_t raise_descriptor_limit(std::size_t wanted) {
+#if defined(_WIN32)
+    return wanted;
+#else
+    rlimit lim{};
+    if (::getrlimit(RLIMIT_NOFILE, &lim) != 0) return wanted;  // unknown: hope for the best
+    const auto want = static_cast<rlim_t>(wanted);
+    if (lim.rlim_cur == RLIM_INFINITY || lim.rlim_cur >= want) return wanted;
+    rlimit raised = lim;
+    raised.rlim_cur = lim.rlim_max == RLIM_INFINITY ? want : std::min(want, lim.rlim_max);
+    if (::setrlimit(RLIMIT_NOFILE, &raised) == 0) lim = raised;
+    return static_cast<std::size_t>(lim.rlim_cur);
+#endif
+}
 
 // getaddrinfo() reports its own error codes; give them their own category and text.
 class resolver_category_impl : public std::error_category {
@@ -500,6 +519,7 @@ inline std::size_t send_buffers(socket_t s, const ConstBuffer* buffers, std::siz
     ec.clear();
     return sent;
 #else
+    if (count == 1) return send_some(s, buffers[0].data, buffers[0].size, ec);  // the common case, cheaper
     iovec iov[max_buffers];
     for (std::size_t i = 0; i < count; ++i) {
         iov[i].iov_base = const_cast<char*>(buffers[i].data);
@@ -828,8 +848,10 @@ inline std::size_t utf8_sequence(std::string_view s, std::size_t i, char32_t& cp
 
 inline bool is_valid_utf8(std::string_view s) {
     char32_t cp;
-    for (std::size_t i = 0, n; i < s.size(); i += n)
+    for (std::size_t i = 0, n; i < s.size(); i += n) {
+        if (static_cast<unsigned char>(s[i]) < 0x80) { n = 1; continue; }  // ASCII: most text
         if ((n = utf8_sequence(s, i, cp)) == 0) return false;
+    }
     return true;
 }
 
@@ -839,9 +861,8 @@ inline bool is_control(char32_t cp) { return cp < 0x20 || (cp >= 0x7F && cp <= 0
 // (C0, DEL, C1 — the bytes that start terminal escape sequences) and invalid UTF-8 bytes
 // become visible escapes like \n, \x1b, \u009b; everything else passes unchanged.
 // With escape_backslash, a literal backslash is doubled so the escaping can be undone.
-inline std::string printable(std::string_view s, bool escape_backslash = false) {
-    std::string out;
-    out.reserve(s.size());
+// append_printable() writes the result to the end of `out` (no allocation of its own).
+inline void append_printable(std::string& out, std::string_view s, bool escape_backslash = false) {
     char hex[8];
     for (std::size_t i = 0, n; i < s.size(); i += n) {
         // Fast path: a run of printable ASCII goes out in one append.
@@ -869,6 +890,11 @@ inline std::string printable(std::string_view s, bool escape_backslash = false) 
             out.append(s.data() + i, n);
         }
     }
+}
+inline std::string printable(std::string_view s, bool escape_backslash = false) {
+    std::string out;
+    out.reserve(s.size());
+    append_printable(out, s, escape_backslash);
     return out;
 }
 
@@ -979,7 +1005,8 @@ inline SharedBytes encode_message(std::string_view from, std::string_view text) 
 }
 
 // What a connection still has to send. Writes resume where the socket stopped taking bytes,
-// and everything queued goes out in one vectored send per call.
+// and everything queued goes out in one vectored send per call. The chunks live in a vector
+// read from `head_` on, so a queue that keeps being filled and drained allocates nothing.
 class OutputQueue {
 public:
     void push(SharedBytes bytes) {
@@ -987,39 +1014,49 @@ public:
         bytes_ += bytes->size();
         chunks_.push_back(std::move(bytes));
     }
-    bool empty() const { return chunks_.empty(); }
+    bool empty() const { return head_ == chunks_.size(); }
     std::size_t size_bytes() const { return bytes_ - offset_; }
 
     // Sends as much as the socket takes now. Returns an error only for a broken connection;
     // a full socket just leaves the rest queued.
     std::error_code write_to(socket_t s) {
-        while (!chunks_.empty()) {
+        while (!empty()) {
             ConstBuffer buffers[64];
             std::size_t count = 0;
-            for (auto it = chunks_.begin(); it != chunks_.end() && count < 64; ++it, ++count) {
+            for (std::size_t i = head_; i < chunks_.size() && count < 64; ++i, ++count) {
                 const std::size_t skip = count == 0 ? offset_ : 0;
-                buffers[count] = {(*it)->data() + skip, (*it)->size() - skip};
+                buffers[count] = {chunks_[i]->data() + skip, chunks_[i]->size() - skip};
             }
             std::error_code ec;
             std::size_t sent = send_buffers(s, buffers, count, ec);
             if (ec) return detail::would_block(ec) ? std::error_code() : ec;
             consume(sent);
-            if (count < 64 && !chunks_.empty()) return {};  // the socket took less than offered
+            if (count < 64 && !empty()) return {};  // the socket took less than offered
         }
         return {};
     }
-    void clear() { chunks_.clear(); bytes_ = offset_ = 0; }
+    void clear() { chunks_.clear(); head_ = bytes_ = offset_ = 0; }
 
 private:
     void consume(std::size_t n) {
         offset_ += n;
-        while (!chunks_.empty() && offset_ >= chunks_.front()->size()) {
-            offset_ -= chunks_.front()->size();
-            bytes_ -= chunks_.front()->size();
-            chunks_.pop_front();
+        while (!empty() && offset_ >= chunks_[head_]->size()) {
+            offset_ -= chunks_[head_]->size();
+            bytes_ -= chunks_[head_]->size();
+            chunks_[head_++].reset();
+        }
+        if (empty()) {
+            // Keeps a small vector for the next burst; gives a big one back (idle clients
+            // should cost little).
+            if (chunks_.capacity() > 256) chunks_ = {}; else chunks_.clear();
+            head_ = 0;
+        } else if (head_ >= 64 && head_ * 2 >= chunks_.size()) {  // a slow reader: reclaim the front
+            chunks_.erase(chunks_.begin(), chunks_.begin() + static_cast<std::ptrdiff_t>(head_));
+            head_ = 0;
         }
     }
-    std::deque<SharedBytes> chunks_;
+    std::vector<SharedBytes> chunks_;  // [head_, end) still to send
+    std::size_t head_ = 0;
     std::size_t bytes_ = 0;   // total size of the queued chunks
     std::size_t offset_ = 0;  // bytes of the first chunk already sent
 };
@@ -1148,9 +1185,9 @@ public:
         pending_ += '\t';
         pending_ += event;
         pending_ += '\t';
-        pending_ += printable(who, true);
+        append_printable(pending_, who, true);
         pending_ += '\t';
-        pending_ += printable(text, true);
+        append_printable(pending_, text, true);
         pending_ += '\n';
     }
     // Writes the collected lines. A failure is reported once; the chat goes on without the log.
@@ -1194,7 +1231,10 @@ struct ServerOptions {
     std::string server_name = "server";    // reserved sender name of server notices
     std::size_t max_payload = default_max_payload;
     std::size_t max_name_bytes = default_max_name_bytes;
-    std::size_t max_clients = 1000;        // connections beyond it are told so and closed
+    std::size_t max_clients = 10000;       // connections beyond it are told so and closed; listen()
+                                           // raises `ulimit -n` to fit, or lowers this to fit it
+    std::size_t announce_up_to = 1000;     // "X joined"/"X left" go to everyone while at most this
+                                           // many users are online; above, they are only logged
     milliseconds handshake_timeout{10000}; // to send a username after connecting
     milliseconds frame_timeout{30000};     // for a frame to arrive whole once it has begun
     std::size_t output_hard_limit = 8u << 20;  // queued bytes: over it, disconnect at once
@@ -1231,6 +1271,7 @@ public:
 
     // Opens the conversation log and the listening socket. After this, port() is known.
     std::error_code listen() {
+        fit_descriptor_limit();
         if (!options_.log_path.empty()) {
             if (auto ec = log_.open(options_.log_path)) {
                 error_context_ = "cannot open the conversation log " + options_.log_path;
@@ -1338,6 +1379,17 @@ private:
     void say(const std::string& line) const {
         if (options_.diagnostics) options_.diagnostics(line);
     }
+    // Like Redis: make room for max_clients descriptors, and if the OS will not, accept fewer
+    // clients so that the last ones are told "the server is full" instead of failing to accept.
+    void fit_descriptor_limit() {
+        constexpr std::size_t reserve = 32;  // listener, log, poller, wake pipe, stdio, one to refuse with
+        const std::size_t limit = detail::raise_descriptor_limit(options_.max_clients + reserve);
+        if (limit >= options_.max_clients + reserve) return;
+        const std::size_t fits = limit > 2 * reserve ? limit - reserve : limit / 2;
+        say("the descriptor limit (ulimit -n) is " + std::to_string(limit) + ": accepting " +
+            std::to_string(fits) + " clients, not max_clients " + std::to_string(options_.max_clients));
+        options_.max_clients = fits;
+    }
     static std::string address_of(const std::string& host, std::uint16_t port) {
         return (host.find(':') != std::string::npos ? "[" + host + "]" : host) + ":" + std::to_string(port);
     }
@@ -1409,6 +1461,9 @@ private:
             if (ec) return close_connection(c, "connection lost: " + ec.message());
             if (n == 0) return peer_finished(c);
             total += n;
+            // A short read drained the socket: skip the recv that would only say "empty".
+            // Polling is level-triggered, so anything arriving later is reported again.
+            const bool drained = n < sizeof buf && !hangup;
             if (c.state == State::closing) continue;  // discard: we are only waiting for EOF
             c.input.feed(buf, n);
             std::string_view frame;
@@ -1423,6 +1478,7 @@ private:
                 return refuse(c, "protocol error: " + c.input.error());
             }
             track_partial_frame(c, completed);
+            if (drained) return;
         }
     }
     // A frame must arrive whole within frame_timeout of its first byte: a client that sends half
@@ -1479,10 +1535,14 @@ private:
         say(printable(c.info.name) + " joined from " + c.info.peer);
         const std::size_t others = members_.size() - 1;
         send_to(c.info.id, "welcome, " + c.info.name + "! " + std::to_string(others) +
-                               (others == 1 ? " other user" : " other users") + " online");
-        broadcast(c.info.name + " joined", {}, c.info.id);
+                               (others == 1 ? " other user" : " other users") + " online" +
+                               (announcing() ? "" : "; joins and leaves are not announced in a room this big"));
+        if (announcing()) broadcast(c.info.name + " joined", {}, c.info.id);
         if (on_join) on_join(c.info);
     }
+
+    // A room filling up to N users would get N²/2 join notices: big rooms get none.
+    bool announcing() const { return members_.size() <= options_.announce_up_to; }
 
     // ---- writing --------------------------------------------------------------------------
     void relay(const SharedBytes& bytes, ClientId except) {
@@ -1559,7 +1619,7 @@ private:
         log_.add("leave", c.info.name, reason);
         const std::string notice = c.info.name + (reason == "left" ? " left" : " left (" + reason + ")");
         say(printable(notice));
-        broadcast(notice);
+        if (members_.size() < options_.announce_up_to) broadcast(notice);  // counting the leaver
         if (on_leave) on_leave(c.info, reason);
     }
 

@@ -2,14 +2,16 @@
 # bench/run.sh — chatsock's benchmark: fixed workloads against demo_server (and, on request,
 # Redis pub/sub and the classic Python select() server), one markdown table at the end.
 #
-#   bench/run.sh [--quick] [--redis] [--python] [--no-log] [--server 'CMD {port}']
+#   bench/run.sh [--quick] [--redis] [--python] [--log-off-too] [--no-log] [--server 'CMD {port}']
 #                [--server-proto chatsock|classic] [--sweep | --sweep-only] [--out DIR]
-#                [--wait-quiet SECONDS] [--repeat K]
+#                [--wait-quiet SECONDS] [--repeat K] [--no-pin]
 #
 #   --quick         scaled-down workloads: a smoke run of a minute or two
 #   --redis         also run the workloads on redis-server (must be installed: apt-get install
 #                   redis-server); it is started here on 127.0.0.1 and a free port, no persistence
 #   --python        also run them on tests/classic/classic_server.py
+#   --log-off-too   also run the throughput workloads on a second demo_server without its log
+#                   (column "nolog"), to show what the conversation log costs
 #   --no-log        demo_server without its conversation log. demo_server has no switch for
 #                   that; its third argument is the log path and an empty one means no log, so
 #                   it is started with "" (the default run logs to a file in a temp directory)
@@ -23,17 +25,17 @@
 #                   the median run of each
 #   --wait-quiet S  first wait up to S seconds for the machine to be idle (other processes using
 #                   under 15% of the CPUs): on a 2-core machine anything else running skews results
+#   --no-pin        do not pin: by default, with 2 or more CPUs and taskset, every server runs on
+#                   the last CPU and the load generator on CPU 0, so that the two never share a
+#                   core (the raw ceilings are not pinned: their writer and reader are free)
 #
 # Each run is one bench/chatsock_bench invocation printing one JSON line; they are collected
 # in DIR/results.jsonl with the server and workload added, then tabulated into DIR/table.md.
-# The 10,000-idle-client run needs a server that accepts 10,000 clients: demo_server refuses
-# the 1,001st (ServerOptions::max_clients defaults to 1,000), so that one workload runs on
-# bench/bench_server — demo_server with max_clients 20,000 and otherwise the same.
 set -u
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
 
-QUICK=0 REDIS=0 PYTHON=0 NOLOG=0 SWEEP=0 MAIN=1
+QUICK=0 REDIS=0 PYTHON=0 NOLOG=0 NOLOG_TOO=0 SWEEP=0 MAIN=1 PIN=1
 CUSTOM="" CUSTOM_PROTO=chatsock OUT="" WAIT_QUIET=0 REPEAT=1
 while [ $# -gt 0 ]; do
     case "$1" in
@@ -41,6 +43,8 @@ while [ $# -gt 0 ]; do
         --redis) REDIS=1 ;;
         --python) PYTHON=1 ;;
         --no-log) NOLOG=1 ;;
+        --log-off-too) NOLOG_TOO=1 ;;
+        --no-pin) PIN=0 ;;
         --sweep) SWEEP=1 ;;
         --sweep-only) SWEEP=1 MAIN=0 ;;
         --server) CUSTOM="$2"; shift ;;
@@ -48,7 +52,7 @@ while [ $# -gt 0 ]; do
         --out) OUT="$2"; shift ;;
         --wait-quiet) WAIT_QUIET="$2"; shift ;;
         --repeat) REPEAT="$2"; shift ;;
-        -h|--help) sed -n '2,31p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,34p' "$0"; exit 0 ;;
         *) echo "run.sh: unknown option $1" >&2; exit 2 ;;
     esac
     shift
@@ -63,6 +67,13 @@ ulimit -n "$HARD" 2>/dev/null || echo "run.sh: could not raise ulimit -n to $HAR
 NOFILE=$(ulimit -n)
 if [ "$NOFILE" != unlimited ] && [ "$NOFILE" -lt 10100 ]; then
     echo "run.sh: ulimit -n is $NOFILE (hard $HARD): the 10,000-client run will be refused descriptors" >&2
+fi
+
+# Pinning: the server on the last CPU, the load generator on CPU 0.
+SERVER_PIN=() BENCH_PIN=() PIN_NOTE="not pinned"
+if [ "$PIN" = 1 ] && [ "$(nproc)" -ge 2 ] && command -v taskset > /dev/null; then
+    SERVER_PIN=(taskset -c "$(($(nproc) - 1))") BENCH_PIN=(taskset -c 0)
+    PIN_NOTE="servers on CPU $(($(nproc) - 1)), load generator on CPU 0 (taskset)"
 fi
 
 [ -n "$OUT" ] || OUT=$ROOT/bench/results/$(date +%Y%m%d-%H%M%S)
@@ -103,6 +114,7 @@ fi
     echo "host: $(uname -srm), $(nproc) cores, $(awk '/MemTotal/ {print int($2/1024) " MiB"}' /proc/meminfo)"
     echo "git: $(git rev-parse --short HEAD 2>/dev/null)$(git diff --quiet HEAD -- chatsock.hpp 2>/dev/null || echo ' (chatsock.hpp modified)')"
     echo "ulimit -n: $NOFILE"
+    echo "pinning: $PIN_NOTE"
     echo "load before: $(cut -d' ' -f1-3 /proc/loadavg); CPUs busy before the runs: $BUSY%"
 } > "$OUT/env.txt"
 
@@ -139,30 +151,29 @@ wait_for_connect() {  # PID PORT SECONDS
     return 1
 }
 
-# start_server NAME [BINARY]: NAME is chatsock, redis, python or custom; for chatsock, BINARY
-# "max" means bench/bench_server with max_clients 20,000 instead of demo_server.
+# start_server NAME: chatsock (demo_server), nolog (demo_server without its log), redis,
+# python or custom.
 start_server() {
-    local name=$1 variant=${2:-} log=$TMP/conversation-$1.log pid port="" out=$OUT/server-$1${2:+-$2}.out
-    [ "$NOLOG" = 1 ] && log=""
+    local name=$1 log=$TMP/conversation-$1.log pid port="" out=$OUT/server-$1.out
+    [ "$NOLOG" = 1 ] || [ "$name" = nolog ] && log=""
     case "$name" in
-        chatsock)
-            if [ "$variant" = max ]; then ./bench/bench_server 127.0.0.1 0 "$log" 20000 > "$out" 2>&1 &
-            else ./demo_server 127.0.0.1 0 "$log" > "$out" 2>&1 & fi
+        chatsock|nolog)
+            "${SERVER_PIN[@]}" ./demo_server 127.0.0.1 0 "$log" > "$out" 2>&1 &
             pid=$!; PROTO[$name]=chatsock
             port=$(wait_for_port_line "$pid" "$out" '^listening on' 10) ;;
         python)
-            python3 -u tests/classic/classic_server.py 127.0.0.1 0 > "$out" 2>&1 &
+            "${SERVER_PIN[@]}" python3 -u tests/classic/classic_server.py 127.0.0.1 0 > "$out" 2>&1 &
             pid=$!; PROTO[$name]=classic
             port=$(wait_for_port_line "$pid" "$out" '^Listening for connections' 10) ;;
         redis)
             port=$(free_port)
-            redis-server --bind 127.0.0.1 --port "$port" --protected-mode yes --save '' --appendonly no \
+            "${SERVER_PIN[@]}" redis-server --bind 127.0.0.1 --port "$port" --protected-mode yes --save '' --appendonly no \
                 --maxclients 20000 --daemonize no --logfile "$OUT/server-redis.log" > "$out" 2>&1 &
             pid=$!; PROTO[$name]=redis
             wait_for_connect "$pid" "$port" 10 || port="" ;;
         custom)
             port=$(free_port)
-            bash -c "exec ${CUSTOM//\{port\}/$port}" > "$out" 2>&1 &
+            "${SERVER_PIN[@]}" bash -c "exec ${CUSTOM//\{port\}/$port}" > "$out" 2>&1 &
             pid=$!; PROTO[$name]=$CUSTOM_PROTO
             wait_for_connect "$pid" "$port" 10 || port="" ;;
     esac
@@ -174,7 +185,7 @@ start_server() {
     fi
     PORT[$name]=$port
     sleep 0.2
-    note "== $name${variant:+ ($variant)}: pid $pid, port $port"
+    note "== $name: pid $pid, port $port"
 }
 
 stop_server() {
@@ -224,7 +235,7 @@ run() {
     [ -n "${PID[$server]:-}" ] || return 0
     quiesce "${PID[$server]}"
     note "   $server $workload: $*"
-    json=$("$BENCH" --port "${PORT[$server]}" --proto "${PROTO[$server]}" --server-pid "${PID[$server]}" \
+    json=$("${BENCH_PIN[@]}" "$BENCH" --port "${PORT[$server]}" --proto "${PROTO[$server]}" --server-pid "${PID[$server]}" \
         --timeout "$timeout" --label "$server:$workload" "$@" 2>>"$OUT/bench-stderr.txt" | tail -1)
     record "$server" "$workload" "$json"
     note "   -> $(printf '%s' "$json" | grep -oE '"(ok|deliveries_per_s|payload_MBps|lat_p50_us|lat_p99_us|connect_ms|broadcast_ms|refused)":[^,}]*' | tr '\n' ' ')"
@@ -254,12 +265,18 @@ if [ "$REDIS" = 1 ]; then
     else note "run.sh: --redis: redis-server is not installed (apt-get install redis-server); skipped"; fi
 fi
 [ "$PYTHON" = 1 ] && SERVERS+=(python)
+[ "$NOLOG_TOO" = 1 ] && [ -z "$CUSTOM" ] && [ "$NOLOG" = 0 ] && SERVERS+=(nolog)
+
+# The log-off server only runs the throughput workloads: it is there to show the log's cost.
+takes() {  # SERVER WORKLOAD
+    [ "$1" != nolog ] || case "$2" in pair|c50|c500|big4k) return 0 ;; *) return 1 ;; esac
+}
 
 each() {  # WORKLOAD TIMEOUT BENCH-ARGS... on every server, REPEAT times
     local workload=$1 timeout=$2 s r
     shift 2
     for r in $(seq "$REPEAT"); do
-        for s in "${SERVERS[@]}"; do run "$s" "$workload" "$timeout" "$@"; done
+        for s in "${SERVERS[@]}"; do takes "$s" "$workload" && run "$s" "$workload" "$timeout" "$@"; done
     done
 }
 
@@ -293,6 +310,7 @@ if [ "$SWEEP" = 1 ]; then
         [ "$m" -gt 500000 ] && m=500000
         for r in $(seq "$REPEAT"); do
             for s in "${SERVERS[@]}"; do
+                takes "$s" "sweep$n" || continue
                 ms=$m
                 [ "$s" = python ] && [ "$m" -gt 20 ] && ms=$(( m / 4 ))
                 run "$s" "sweep$n" 300 --clients "$n" --messages "$ms" --size 64
@@ -301,14 +319,13 @@ if [ "$SWEEP" = 1 ]; then
     done
 fi
 if [ "$MAIN" = 1 ]; then
-    # Many idle clients, each server fresh so that its RSS growth is the clients'. chatsock's on
-    # bench_server when demo_server's limit of 1,000 clients is in the way; none for Python
-    # (select() cannot watch descriptors past FD_SETSIZE, 1024).
+    # Many idle clients, each server fresh so that its RSS growth is the clients'. None for
+    # Python (select() cannot watch descriptors past FD_SETSIZE, 1024).
     for s in "${SERVERS[@]}"; do
         [ "$s" = python ] && { note "   python idle: skipped (select() stops at 1,024 descriptors)"; continue; }
+        takes "$s" idle || { stop_server "$s"; continue; }
         stop_server "$s"
-        if [ "$s" = chatsock ] && [ "$IDLE_N" -gt 1000 ]; then start_server chatsock max || continue
-        else start_server "$s" || continue; fi
+        start_server "$s" || continue
         record_rss "$s" idle_start
         run "$s" idle 300 --clients "$IDLE_N" --idle --size 64 --connect-batch 256
         stop_server "$s"

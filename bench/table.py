@@ -5,7 +5,7 @@ import json
 import os
 import sys
 
-SERVER_ORDER = ["chatsock", "custom", "redis", "python"]
+SERVER_ORDER = ["chatsock", "nolog", "custom", "redis", "python"]
 
 
 def load(path):
@@ -157,10 +157,8 @@ def main():
         print("\nPython server: c50, c500 and big4k ran with a fifth of the messages per client "
               "(rates stay comparable; the runs would otherwise take minutes); no 10,000-client run "
               "(select() stops at 1,024 descriptors).")
-    if any(r.get("server") == "chatsock" and r.get("workload") == "idle" for r in runs):
-        if (idle.get("clients") or 0) > 1000:
-            print(f"\nchatsock's {t_idle} run uses bench/bench_server (demo_server with max_clients = 20,000): "
-                  "demo_server refuses the 1,001st client.")
+    if "nolog" in servers:
+        print("\nnolog: demo_server started without its conversation log (the chatsock column logs every message).")
 
     # every run
     print("\n### every run\n")

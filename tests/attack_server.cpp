@@ -3,6 +3,11 @@
 //   tests/bin/attack_server [--host H] [--port P] [--log FILE] [--handshake-ms N] [--frame-ms N]
 //                           [--hard BYTES] [--soft BYTES] [--soft-ms N] [--max-clients N]
 //                           [--max-payload BYTES] [--accept-pause-ms N] [--drain-ms N]
+//                           [--spare-fds N]
+//
+// --spare-fds N opens N descriptors after listen(), as a program with files of its own would:
+// listen() fits max_clients to `ulimit -n` without knowing of them, so the server can still run
+// out of descriptors (POSIX only).
 //
 // Defaults are ServerOptions' own (port 0: the OS picks one). Like demo_server, it prints the
 // library's diagnostics on stdout ("listening on ..." first) and stops on SIGINT/SIGTERM.
@@ -13,6 +18,10 @@
 #include <cstring>
 #include <iostream>
 #include <string>
+
+#if !defined(_WIN32)
+#  include <unistd.h>
+#endif
 
 namespace {
 bool number(const char* text, unsigned long long& out) {
@@ -26,6 +35,7 @@ bool number(const char* text, unsigned long long& out) {
 
 int main(int argc, char** argv) {
     chatsock::ServerOptions options;
+    unsigned long long spare_fds = 0;
     options.port = 0;
     options.log_path = "message_log";
     for (int i = 1; i < argc; ++i) {
@@ -59,6 +69,7 @@ int main(int argc, char** argv) {
         else if (flag == "--soft") options.output_soft_limit = n;
         else if (flag == "--max-clients") options.max_clients = n;
         else if (flag == "--max-payload") options.max_payload = n;
+        else if (flag == "--spare-fds") spare_fds = n;
         else {
             std::cerr << "attack_server: unknown option " << flag << "\n";
             return 2;
@@ -72,6 +83,11 @@ int main(int argc, char** argv) {
         std::cerr << "attack_server: " << server.error_context() << ": " << ec.message() << "\n";
         return 1;
     }
+#if !defined(_WIN32)
+    for (unsigned long long i = 0; i < spare_fds; ++i) ::dup(2);  // held until exit
+#else
+    (void)spare_fds;
+#endif
     if (std::error_code ec = server.run()) {
         std::cerr << "attack_server: " << ec.message() << "\n";
         return 1;

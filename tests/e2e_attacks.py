@@ -22,15 +22,14 @@ import unittest
 
 sys.dont_write_bytecode = True  # no __pycache__ in the repository
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from harness import (DEVNULL, HOST, ROOT, TIMEOUT, frame, main, recv_exactly, recv_frame,  # noqa: E402
-                     recv_until_closed)
+from harness import (DEVNULL, HOST, LISTENING_DEMO as LISTENING, ROOT, TIMEOUT, frame, main,  # noqa: E402
+                     recv_exactly, recv_frame, recv_until_closed)
 from e2e_demos import DemoTestCase  # noqa: E402  (read_log, wait_log: the log's format checked)
 
 ATTACK_SERVER = os.environ.get("CHATSOCK_ATTACK_SERVER") or os.path.join(ROOT, "tests", "bin", "attack_server")
 # Under AddressSanitizer (make sanitize) freed memory sits in a quarantine, so RSS says nothing
 # about the server's own memory: the memory bounds are checked in the plain build only.
 SANITIZED = bool(os.environ.get("CHATSOCK_SANITIZED"))
-LISTENING = __import__("re").compile(rb"\Alistening on 127\.0\.0\.1:(\d+) \((\w+)\)\n")
 SOAK_SECONDS = float(os.environ.get("CHATSOCK_SOAK_SECONDS", "45"))
 MiB = 1 << 20
 
@@ -487,9 +486,13 @@ class ConnectionStorm(AttackTestCase):
 # =============================================================================================
 class DescriptorExhaustion(AttackTestCase):
     def test_out_of_descriptors_pauses_accepts_without_spinning(self):
+        # listen() fits max_clients to the limit, which it can only do for the descriptors it
+        # knows of: --spare-fds 24 plays a program that keeps files of its own open.
         server, port = self.start_attack_server(
-            "--handshake-ms", 60000,
+            "--handshake-ms", 60000, "--spare-fds", 24,
             wrap=["sh", "-c", 'ulimit -n 64 && exec "$0" "$@"'])
+        self.assertIn(b"the descriptor limit (ulimit -n) is 64: accepting 32 clients, not max_clients 10000\n",
+                      server.out)
         pid = server.p.pid
         alice, bob = self.join(port, "alice"), self.join(port, "bob")
         self.expect(alice, "server", "bob joined")

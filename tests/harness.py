@@ -247,7 +247,9 @@ class Proc:
                 pass
 
 
-LISTENING_DEMO = re.compile(rb"\Alistening on 127\.0\.0\.1:(\d+) \((\w+)\)\n")
+# A server's first line, after the note it writes when `ulimit -n` is too low for max_clients.
+DESCRIPTOR_NOTE = rb"the descriptor limit \(ulimit -n\) is \d+: accepting \d+ clients, not max_clients \d+\n"
+LISTENING_DEMO = re.compile(rb"\A(?:" + DESCRIPTOR_NOTE + rb")?listening on 127\.0\.0\.1:(\d+) \((\w+)\)\n")
 LISTENING_CLASSIC = re.compile(rb"Listening for connections on 127\.0\.0\.1:(\d+)\.\.\.\n")
 
 

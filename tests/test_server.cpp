@@ -14,6 +14,7 @@
 #include <vector>
 
 #if !defined(_WIN32)
+#  include <sys/resource.h>
 #  include <atomic>
 #  include <thread>
 #endif
@@ -282,6 +283,80 @@ TEST_CASE("max_clients: connections beyond it are told and closed") {
     cst::join_wait(server, dave, port, "dave");
     CHECK(server.client_count() == 2);
 }
+
+TEST_CASE("announce_up_to: joins and leaves are announced only in rooms up to that size") {
+    cst::TempDir dir;
+    auto options = cst::quiet_options();
+    options.announce_up_to = 2;
+    options.log_path = dir.file("chat.log");
+    chatsock::Server server(options);
+    const auto port = cst::start(server);
+    ChatUser alice, bob, carol;
+    cst::join_wait(server, alice, port, "alice");
+    CHECK(alice.got("server", "welcome, alice! 0 other users online"));
+    cst::join_wait(server, bob, port, "bob");  // a room of 2: announced
+    REQUIRE(cst::pump(server, [&] { return alice.got("server", "bob joined"); }, alice, bob));
+    cst::join_wait(server, carol, port, "carol");  // a room of 3: not announced, and carol is told
+    CHECK(carol.got("server", "welcome, carol! 2 other users online; joins and leaves are not announced in a room this big"));
+
+    // Messages still reach everyone; a leave from the room of 3 is not announced either.
+    REQUIRE_FALSE(carol.client.send("hi all"));
+    REQUIRE(cst::pump(server, [&] { return alice.got("carol", "hi all") && bob.got("carol", "hi all"); }, alice, bob, carol));
+    carol.client.finish();
+    REQUIRE(cst::pump(server, [&] { return server.client_count() == 2; }, alice, bob, carol));
+    // Back to a room of 2: bob's leave is announced.
+    bob.client.finish();
+    REQUIRE(cst::pump(server, [&] { return alice.got("server", "bob left"); }, alice, bob));
+    CHECK_FALSE(alice.got_text("carol joined"));
+    CHECK_FALSE(bob.got_text("carol joined"));
+    CHECK_FALSE(alice.got_text("carol left"));
+    CHECK_FALSE(alice.got_text_starting("welcome, carol"));
+
+    // The log has every join and leave, announced or not.
+    const std::string log = cst::read_file(options.log_path);
+    CHECK(log.find("\tjoin\tcarol\t") != std::string::npos);
+    CHECK(log.find("\tleave\tcarol\tleft") != std::string::npos);
+}
+
+#if !defined(_WIN32)
+// Restores the soft descriptor limit a test changed.
+struct SoftLimitGuard {
+    rlimit saved{};
+    SoftLimitGuard() { REQUIRE(::getrlimit(RLIMIT_NOFILE, &saved) == 0); }
+    ~SoftLimitGuard() { ::setrlimit(RLIMIT_NOFILE, &saved); }
+    static rlim_t soft() { rlimit r{}; ::getrlimit(RLIMIT_NOFILE, &r); return r.rlim_cur; }
+    static void set_soft(rlim_t n) { rlimit r{}; ::getrlimit(RLIMIT_NOFILE, &r); r.rlim_cur = n; REQUIRE(::setrlimit(RLIMIT_NOFILE, &r) == 0); }
+};
+
+TEST_CASE("listen() raises the descriptor limit to fit max_clients") {
+    SoftLimitGuard guard;
+    if (guard.saved.rlim_max != RLIM_INFINITY && guard.saved.rlim_max < 1000) return;  // no room to test in
+    std::vector<std::string> lines;
+    auto options = cst::capturing_options(lines);
+    options.max_clients = 500;
+    SoftLimitGuard::set_soft(100);
+    chatsock::Server server(options);
+    cst::start(server);
+    CHECK(SoftLimitGuard::soft() >= 532);  // the clients plus a reserve for the server's own
+    CHECK(server.options().max_clients == 500);
+    CHECK_FALSE(has_line(lines, "descriptor limit"));
+}
+
+TEST_CASE("listen() lowers max_clients to what the descriptor limit allows, and says so") {
+    SoftLimitGuard guard;
+    if (guard.saved.rlim_max == RLIM_INFINITY || guard.saved.rlim_max > (1u << 22)) return;  // unbounded
+    std::vector<std::string> lines;
+    auto options = cst::capturing_options(lines);
+    const auto hard = static_cast<std::size_t>(guard.saved.rlim_max);
+    options.max_clients = hard;  // can't fit with the server's own descriptors
+    chatsock::Server server(options);
+    cst::start(server);
+    CHECK(SoftLimitGuard::soft() == guard.saved.rlim_max);  // raised as far as it goes
+    CHECK(server.options().max_clients == hard - 32);
+    CHECK(has_line(lines, "the descriptor limit (ulimit -n) is " + std::to_string(hard) + ": accepting " +
+                              std::to_string(hard - 32) + " clients, not max_clients " + std::to_string(hard)));
+}
+#endif
 
 TEST_CASE("a protocol error disconnects that client only") {
     chatsock::Server server(cst::quiet_options());
