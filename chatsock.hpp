@@ -846,12 +846,43 @@ inline std::size_t utf8_sequence(std::string_view s, std::size_t i, char32_t& cp
     return len;
 }
 
+namespace detail {
+// Chat text is mostly plain ASCII, so validating and escaping skip it eight bytes at a time:
+// a few word operations tell whether any byte of a 64-bit word needs a closer look.
+inline std::uint64_t load8(const char* p) { std::uint64_t w; std::memcpy(&w, p, 8); return w; }
+constexpr std::uint64_t bytes_of(unsigned char b) { return 0x0101010101010101ull * b; }
+constexpr std::uint64_t high_bits = bytes_of(0x80);
+constexpr std::uint64_t has_byte_below(std::uint64_t w, unsigned char n) {  // n <= 0x80
+    return (w - bytes_of(n)) & ~w & high_bits;
+}
+constexpr std::uint64_t has_byte(std::uint64_t w, unsigned char b) { return has_byte_below(w ^ bytes_of(b), 1); }
+
+// How many bytes from s[i] on are ASCII.
+inline std::size_t ascii_run(std::string_view s, std::size_t i) {
+    const std::size_t start = i;
+    while (i + 8 <= s.size() && !(load8(s.data() + i) & high_bits)) i += 8;
+    while (i < s.size() && static_cast<unsigned char>(s[i]) < 0x80) ++i;
+    return i - start;
+}
+// How many bytes from s[i] on printable() copies as they are: ASCII 0x20-0x7E, and no
+// backslash when backslashes are escaped.
+inline std::size_t plain_run(std::string_view s, std::size_t i, bool escape_backslash) {
+    const std::size_t start = i;
+    for (; i + 8 <= s.size(); i += 8) {
+        const std::uint64_t w = load8(s.data() + i);
+        if ((w & high_bits) | has_byte_below(w, 0x20) | has_byte(w, 0x7F) |
+            (escape_backslash ? has_byte(w, '\\') : 0))
+            break;
+    }
+    while (i < s.size() && s[i] >= 0x20 && s[i] < 0x7F && (s[i] != '\\' || !escape_backslash)) ++i;
+    return i - start;
+}
+}  // namespace detail
+
 inline bool is_valid_utf8(std::string_view s) {
     char32_t cp;
-    for (std::size_t i = 0, n; i < s.size(); i += n) {
-        if (static_cast<unsigned char>(s[i]) < 0x80) { n = 1; continue; }  // ASCII: most text
-        if ((n = utf8_sequence(s, i, cp)) == 0) return false;
-    }
+    for (std::size_t i = 0, n; i < s.size(); i += n)
+        if ((n = detail::ascii_run(s, i)) == 0 && (n = utf8_sequence(s, i, cp)) == 0) return false;
     return true;
 }
 
@@ -865,12 +896,8 @@ inline bool is_control(char32_t cp) { return cp < 0x20 || (cp >= 0x7F && cp <= 0
 inline void append_printable(std::string& out, std::string_view s, bool escape_backslash = false) {
     char hex[8];
     for (std::size_t i = 0, n; i < s.size(); i += n) {
-        // Fast path: a run of printable ASCII goes out in one append.
-        std::size_t run = i;
-        while (run < s.size() && s[run] >= 0x20 && s[run] < 0x7F && (s[run] != '\\' || !escape_backslash)) ++run;
-        if (run > i) {
-            out.append(s.data() + i, run - i);
-            n = run - i;
+        if ((n = detail::plain_run(s, i, escape_backslash)) > 0) {  // most text: one append
+            out.append(s.data() + i, n);
             continue;
         }
         char32_t cp = 0;
@@ -918,16 +945,52 @@ public:
     bool next(std::string_view& payload) {
         if (start_ == buffer_.size()) compact();
         if (failed() || buffer_.size() - start_ < header_size) return false;
-        std::string_view header(buffer_.data() + start_, header_size);
-        unsigned long long length = 0;
-        if (!parse_header(header, length)) return fail("bad frame header \"" + printable(header) + "\"");
-        if (length > max_payload_)
-            return fail("frame of " + std::to_string(length) + " bytes is over the limit of " +
-                        std::to_string(max_payload_));
+        std::size_t length = 0;
+        if (!frame_length(buffer_.data() + start_, length)) return false;
         if (buffer_.size() - start_ - header_size < length) return false;
-        payload = std::string_view(buffer_.data() + start_ + header_size, static_cast<std::size_t>(length));
-        start_ += header_size + static_cast<std::size_t>(length);
+        payload = std::string_view(buffer_.data() + start_ + header_size, length);
+        start_ += header_size + length;
         return true;
+    }
+
+    // The same decoding without the copy, for a reader with a chunk in hand: calls
+    // on_frame(payload) for each whole frame in `data` (after finishing one begun in an earlier
+    // chunk) and keeps only an unfinished last frame. The views live as long as the call.
+    // on_frame returns false to stop; the rest of the chunk is then dropped.
+    template <class OnFrame>
+    void decode(const char* data, std::size_t size, OnFrame&& on_frame) {
+        for (std::string_view fed; next(fed);)  // frames left by feed(), if it was used
+            if (!on_frame(fed)) return;
+        if (failed()) return;
+        if (buffered() > 0) {  // finish the frame begun before, taking only its own bytes
+            compact();
+            std::size_t need = header_size, length = 0;
+            if (buffer_.size() >= header_size) {
+                frame_length(buffer_.data(), length);  // checked when its header arrived
+                need += length;
+            }
+            std::size_t take = std::min(size, need - std::min(need, buffer_.size()));
+            buffer_.append(data, take);
+            data += take, size -= take;
+            if (buffer_.size() == header_size && need == header_size) {  // the header just completed
+                if (!frame_length(buffer_.data(), length)) return;
+                take = std::min(size, length);
+                buffer_.append(data, take);
+                data += take, size -= take;
+                need += length;
+            }
+            if (buffer_.size() < need) return;  // still unfinished: the chunk is used up
+            start_ = buffer_.size();
+            if (!on_frame(std::string_view(buffer_.data() + header_size, need - header_size))) return;
+        }
+        while (size >= header_size) {  // whole frames straight from the chunk
+            std::size_t length = 0;
+            if (!frame_length(data, length)) return;
+            if (size - header_size < length) break;
+            if (!on_frame(std::string_view(data + header_size, length))) return;
+            data += header_size + length, size -= header_size + length;
+        }
+        if (size) feed(data, size);  // the start of a frame to finish next time
     }
 
     bool failed() const { return !error_.empty(); }
@@ -936,6 +999,17 @@ public:
     std::size_t max_payload() const { return max_payload_; }
 
 private:
+    // Reads and checks a frame's header: a payload length up to max_payload, or a protocol error.
+    bool frame_length(const char* header_bytes, std::size_t& length) {
+        const std::string_view header(header_bytes, header_size);
+        unsigned long long value = 0;
+        if (!parse_header(header, value)) return fail("bad frame header \"" + printable(header) + "\"");
+        if (value > max_payload_)
+            return fail("frame of " + std::to_string(value) + " bytes is over the limit of " +
+                        std::to_string(max_payload_));
+        length = static_cast<std::size_t>(value);
+        return true;
+    }
     bool fail(std::string why) {
         error_ = std::move(why);
         buffer_.clear();
@@ -1465,13 +1539,12 @@ private:
             // Polling is level-triggered, so anything arriving later is reported again.
             const bool drained = n < sizeof buf && !hangup;
             if (c.state == State::closing) continue;  // discard: we are only waiting for EOF
-            c.input.feed(buf, n);
-            std::string_view frame;
             bool completed = false;
-            while (c.state != State::closing && !c.dead && c.input.next(frame)) {
+            c.input.decode(buf, n, [&](std::string_view frame) {  // frames straight from buf
                 handle_frame(c, frame);
                 completed = true;
-            }
+                return c.state != State::closing && !c.dead;
+            });
             if (c.dead) return;
             if (c.input.failed()) {
                 log_.add("error", who(c), "protocol error: " + c.input.error());

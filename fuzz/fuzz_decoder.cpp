@@ -1,5 +1,5 @@
-// libFuzzer target for chatsock's pure framing code: FrameDecoder, parse_header, printable,
-// is_valid_utf8 and check_username. No sockets.
+// libFuzzer target for chatsock's pure framing code: FrameDecoder (feed/next and decode),
+// parse_header, printable, is_valid_utf8 and check_username. No sockets.
 //
 // Input layout:
 //   byte 0   chunking: seeds the generator of chunk sizes (1 .. 1 + (byte0 >> 2)) and of the
@@ -146,6 +146,33 @@ Decoded run_decoder(std::string_view stream, std::size_t max_payload, std::size_
     return out;
 }
 
+// The same stream through decode(), the zero-copy path the server reads with, in chunks from
+// `rng` (0: all at once).
+Decoded run_decode(std::string_view stream, std::size_t max_payload, std::size_t max_chunk, Rng* rng) {
+    chatsock::FrameDecoder d(max_payload);
+    Decoded out;
+    std::size_t pos = 0;
+    while (pos < stream.size()) {
+        std::size_t n = stream.size() - pos;
+        if (max_chunk) n = std::min<std::size_t>(n, 1 + (rng ? rng->next() % max_chunk : max_chunk - 1));
+        const std::string chunk(stream.substr(pos, n));  // a buffer of its own: views must not outlive it
+        d.decode(chunk.data(), chunk.size(), [&](std::string_view frame) {
+            FUZZ_CHECK(!d.failed());
+            FUZZ_CHECK(frame.size() <= max_payload);
+            out.frames.emplace_back(frame);
+            return true;
+        });
+        pos += n;
+        // Kept between chunks: at most one unfinished frame.
+        FUZZ_CHECK(d.buffered() < chatsock::header_size + max_payload);
+        if (d.failed()) FUZZ_CHECK(d.buffered() == 0 && !d.error().empty());
+    }
+    out.failed = d.failed();
+    for (const std::string& f : out.frames) out.consumed += chatsock::header_size + f.size();
+    if (!d.failed()) FUZZ_CHECK(d.buffered() == stream.size() - out.consumed);
+    return out;
+}
+
 void check_same(const Decoded& a, const Decoded& b) {
     FUZZ_CHECK(a.failed == b.failed);
     FUZZ_CHECK(a.frames == b.frames);
@@ -160,6 +187,9 @@ void check_framing(std::string_view stream, std::size_t max_payload, std::uint8_
     if (stream.size() <= 1024) check_same(run_decoder(stream, max_payload, 1, nullptr), want);
     Rng rng{0x9E3779B9u ^ (static_cast<std::uint32_t>(chunking) * 0x01000193u)};
     check_same(run_decoder(stream, max_payload, 1 + (chunking >> 2), &rng), want);
+    check_same(run_decode(stream, max_payload, 0, nullptr), want);
+    if (stream.size() <= 1024) check_same(run_decode(stream, max_payload, 1, nullptr), want);
+    check_same(run_decode(stream, max_payload, 1 + (chunking >> 2), &rng), want);
 
     // Each frame's payload is the stream's bytes after its header; re-encoding a frame gives
     // back the stream's bytes exactly where the header was written in canonical form.

@@ -191,6 +191,95 @@ TEST_CASE("FrameDecoder: several frames in one chunk, and a partial one kept for
     CHECK(frame == "hello world");
 }
 
+// decode(): the zero-copy path. Each chunk lives in a buffer of its own that is overwritten
+// after the call, as the server's read buffer is, so a view kept past its call would show junk.
+std::vector<std::string> decode_chunks(chatsock::FrameDecoder& d, const std::string& stream,
+                                       const std::vector<std::size_t>& sizes) {
+    std::vector<std::string> got;
+    std::string buffer;
+    std::size_t pos = 0;
+    for (std::size_t i = 0; pos < stream.size(); ++i) {
+        const std::size_t n = std::min(i < sizes.size() ? sizes[i] : stream.size(), stream.size() - pos);
+        buffer.assign(stream, pos, n);
+        d.decode(buffer.data(), buffer.size(), [&](std::string_view frame) {
+            got.emplace_back(frame);
+            return true;
+        });
+        buffer.assign(buffer.size(), '#');
+        pos += n;
+    }
+    return got;
+}
+
+TEST_CASE("FrameDecoder::decode: frames from chunks of every size, only an unfinished one kept") {
+    const std::vector<std::string> payloads = {"one", "", "three", std::string(300, 'x'), "fünf"};
+    std::string stream;
+    for (const auto& p : payloads) stream += chatsock::encode_frame(p);
+    for (std::size_t size = 1; size <= stream.size(); ++size) {
+        CAPTURE(size);
+        chatsock::FrameDecoder d;
+        CHECK(decode_chunks(d, stream, std::vector<std::size_t>(stream.size(), size)) == payloads);
+        CHECK_FALSE(d.failed());
+        CHECK(d.buffered() == 0);
+    }
+    chatsock::FrameDecoder d;
+    CHECK(decode_chunks(d, chatsock::encode_frame("whole") + "7         par", {}) == std::vector<std::string>{"whole"});
+    CHECK(d.buffered() == 13);  // the unfinished frame, copied
+    CHECK(decode_chunks(d, "tia", {}) == std::vector<std::string>{});
+    CHECK(d.buffered() == 16);
+    CHECK(decode_chunks(d, "l" + chatsock::encode_frame("next"), {}) == std::vector<std::string>{"partial", "next"});
+    CHECK(d.buffered() == 0);
+}
+
+TEST_CASE("FrameDecoder::decode: random chunks agree with feed()/next() (many seeds)") {
+    for (unsigned seed = 1; seed <= 100; ++seed) {
+        CAPTURE(seed);
+        std::mt19937 rng(seed);
+        std::vector<std::string> payloads;
+        std::string stream;
+        for (int i = 0, count = 1 + static_cast<int>(rng() % 30); i < count; ++i) {
+            std::string p(rng() % 4 == 0 ? rng() % 12 : rng() % 3000, '\0');
+            for (char& c : p) c = static_cast<char>(rng() & 0xFF);
+            stream += chatsock::encode_frame(p);
+            payloads.push_back(std::move(p));
+        }
+        std::vector<std::size_t> sizes;
+        for (std::size_t total = 0; total < stream.size(); total += sizes.back())
+            sizes.push_back(1 + rng() % (seed % 2 ? 15 : 5000));
+        chatsock::FrameDecoder d;
+        CHECK(decode_chunks(d, stream, sizes) == payloads);
+        CHECK(d.buffered() == 0);
+    }
+}
+
+TEST_CASE("FrameDecoder::decode: on_frame returning false stops it; a bad header fails it") {
+    chatsock::FrameDecoder d;
+    const std::string stream = chatsock::encode_frame("a") + chatsock::encode_frame("b") + chatsock::encode_frame("c");
+    std::vector<std::string> got;
+    d.decode(stream.data(), stream.size(), [&](std::string_view f) {
+        got.emplace_back(f);
+        return got.size() < 2;
+    });
+    CHECK(got == std::vector<std::string>{"a", "b"});
+
+    chatsock::FrameDecoder bad(16);
+    const std::string junk = chatsock::encode_frame("fine") + "2x        " + chatsock::encode_frame("lost");
+    CHECK(decode_chunks(bad, junk, {3, 9}) == std::vector<std::string>{"fine"});
+    CHECK(bad.failed());
+    CHECK(bad.error() == "bad frame header \"2x        \"");
+    CHECK(bad.buffered() == 0);
+    CHECK(decode_chunks(bad, chatsock::encode_frame("after"), {}) == std::vector<std::string>{});
+
+    chatsock::FrameDecoder small(4);  // an oversized frame is refused from its header, split or not
+    CHECK(decode_chunks(small, "5    ", {}) == std::vector<std::string>{});
+    CHECK(decode_chunks(small, "     hello", {}) == std::vector<std::string>{});
+    CHECK(small.error() == "frame of 5 bytes is over the limit of 4");
+
+    chatsock::FrameDecoder mixed;  // frames left by feed() come first
+    mixed.feed(chatsock::encode_frame("fed") + "3 ");
+    CHECK(decode_chunks(mixed, "        new", {}) == std::vector<std::string>{"fed", "new"});
+}
+
 TEST_CASE("FrameDecoder: a payload of exactly the maximum is accepted") {
     chatsock::FrameDecoder d(100);
     CHECK(d.max_payload() == 100);
@@ -377,6 +466,24 @@ TEST_CASE("printable leaves normal text alone") {
     CHECK(printable("João 数据") == "João 数据");
     CHECK(printable("😀 \xC2\xA0 ~") == "😀 \xC2\xA0 ~");  // emoji, NBSP
     CHECK(printable("a\\nb") == "a\\nb");  // a literal backslash-n is left as it is ...
+}
+
+TEST_CASE("printable and is_valid_utf8 find a special byte at every position of a long text") {
+    // They skip plain ASCII eight bytes at a time: a byte needing care must be found wherever it
+    // sits in a word, and text around it must come out unchanged.
+    const std::vector<std::pair<std::string, std::string>> specials = {
+        {"\x00"s, "\\x00"}, {"\x1f", "\\x1f"}, {"\n", "\\n"}, {"\x7f", "\\x7f"}, {"\\", "\\\\"},
+        {"\xc3\xa9", "\xc3\xa9"}, {"\xc2\x9b", "\\u009b"}, {"\xff", "\\xff"}, {" ", " "}, {"~", "~"}};
+    for (std::size_t before = 0; before <= 19; ++before) {
+        for (const auto& [raw, shown] : specials) {
+            CAPTURE(before);
+            CAPTURE(raw);
+            const std::string head(before, 'a'), tail(11, 'z');
+            CHECK(chatsock::printable(head + raw + tail, true) == head + shown + tail);
+            CHECK(chatsock::is_valid_utf8(head + raw + tail) == (raw != "\xff"));
+        }
+    }
+    CHECK(chatsock::printable("0123456789abcdef\\") == "0123456789abcdef\\");  // kept without escape_backslash
 }
 
 TEST_CASE("printable with escape_backslash doubles backslashes, so escapes cannot be forged") {
