@@ -106,6 +106,7 @@
 #include <atomic>
 #include <cerrno>
 #include <chrono>
+#include <climits>
 #include <cstdint>
 #include <cstdio>
 #include <cstring>
@@ -501,9 +502,17 @@ struct ConstBuffer {
     std::size_t size;
 };
 
+// At most this many buffers go in one call (Linux and the BSDs allow 1,024, POSIX only 16): a
+// queue of small frames leaves in a few large writes.
+#if defined(IOV_MAX) && IOV_MAX < 1024
+constexpr std::size_t max_send_buffers = IOV_MAX;
+#else
+constexpr std::size_t max_send_buffers = 1024;
+#endif
+
 inline std::size_t send_buffers(socket_t s, const ConstBuffer* buffers, std::size_t count,
                                  std::error_code& ec) {
-    constexpr std::size_t max_buffers = 64;
+    constexpr std::size_t max_buffers = max_send_buffers;
     count = std::min(count, max_buffers);
 #if defined(_WIN32)
     WSABUF bufs[max_buffers];
@@ -1095,9 +1104,9 @@ public:
     // a full socket just leaves the rest queued.
     std::error_code write_to(socket_t s) {
         while (!empty()) {
-            ConstBuffer buffers[64];
+            ConstBuffer buffers[max_send_buffers];
             std::size_t count = 0;
-            for (std::size_t i = head_; i < chunks_.size() && count < 64; ++i, ++count) {
+            for (std::size_t i = head_; i < chunks_.size() && count < max_send_buffers; ++i, ++count) {
                 const std::size_t skip = count == 0 ? offset_ : 0;
                 buffers[count] = {chunks_[i]->data() + skip, chunks_[i]->size() - skip};
             }
@@ -1105,7 +1114,7 @@ public:
             std::size_t sent = send_buffers(s, buffers, count, ec);
             if (ec) return detail::would_block(ec) ? std::error_code() : ec;
             consume(sent);
-            if (count < 64 && !empty()) return {};  // the socket took less than offered
+            if (count < max_send_buffers && !empty()) return {};  // the socket took less than offered
         }
         return {};
     }
@@ -1255,7 +1264,9 @@ public:
 
     void add(std::string_view event, std::string_view who, std::string_view text) {
         if (!open_) return;
-        clock_.append(pending_, std::chrono::system_clock::now());
+        // One reading of the clock per batch: the lines of one loop iteration share a time.
+        if (pending_.empty()) batch_time_ = std::chrono::system_clock::now();
+        clock_.append(pending_, batch_time_);
         pending_ += '\t';
         pending_ += event;
         pending_ += '\t';
@@ -1280,6 +1291,7 @@ public:
 private:
     detail::AppendFile file_;
     detail::UtcClock clock_;
+    std::chrono::system_clock::time_point batch_time_;
     std::string path_;
     std::string pending_;
     bool open_ = false;
