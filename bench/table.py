@@ -110,6 +110,8 @@ def main():
         (t_lat + " — p50 µs (lower is better)", "latency", "lat_p50_us", "f1", 1.0),
         (t_lat + " — p99 µs (lower is better)", "latency", "lat_p99_us", "f1", 1.0),
         (t_lat + " — max µs", "latency", "lat_max_us", "f1", 1.0),
+        (t_lat + " — p50 µs to the bench's epoll_wait", "latency", "lat_ready_p50_us", "f1", 1.0),
+        (t_lat + " — p99 µs to the bench's epoll_wait", "latency", "lat_ready_p99_us", "f1", 1.0),
         (t_small + " — connect + handshake ms", "idle_small", "connect_ms", "f1", 1.0),
         (t_small + " — one broadcast to all, ms", "idle_small", "broadcast_ms", "f2", 1.0),
         (t_idle + " — connect + handshake s", "idle", "connect_ms", "f2", 1e-3),
