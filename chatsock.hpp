@@ -1129,9 +1129,9 @@ private:
             chunks_[head_++].reset();
         }
         if (empty()) {
-            // Keeps a small vector for the next burst; gives a big one back (idle clients
-            // should cost little).
-            if (chunks_.capacity() > 256) chunks_ = {}; else chunks_.clear();
+            // Keeps room for one full writev for the next burst; gives a bigger vector back
+            // (idle clients should cost little).
+            if (chunks_.capacity() > max_send_buffers) chunks_ = {}; else chunks_.clear();
             head_ = 0;
         } else if (head_ >= 64 && head_ * 2 >= chunks_.size()) {  // a slow reader: reclaim the front
             chunks_.erase(chunks_.begin(), chunks_.begin() + static_cast<std::ptrdiff_t>(head_));

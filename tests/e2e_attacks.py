@@ -114,11 +114,13 @@ class Reader(threading.Thread):
         self.bytes = 0
         self.closed = False
         self.cond = threading.Condition()
+        # Blocking from here on, set before the thread starts: changed while another thread is
+        # in sendall() on the socket, the mode can flip under it (a BlockingIOError).
+        self.sock.settimeout(None)
         self.start()
 
     def run(self):
         buf, names = bytearray(), []
-        self.sock.settimeout(None)
         while True:
             try:
                 chunk = self.sock.recv(1 << 20)
