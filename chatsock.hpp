@@ -36,6 +36,11 @@
 //   CHATSOCK_USE_POLL   use the portable poll() backend even where epoll exists (Linux).
 //   Everything else is a run-time option: see ServerOptions and ClientOptions below.
 //
+// WHY IT IS FAST (measured in bench/; README, "Performance")
+//   A message is encoded once and shared by every recipient's queue; what one loop turn queues
+//   for a client leaves in one writev/WSASend; frames are parsed straight from the read buffer;
+//   the log is one write per loop turn. An idle client costs the server under 1 KiB.
+//
 // LAYERS, read top to bottom
 //   1. platform    socket handle, RAII socket, errors, resolve/listen/connect/send/recv
 //   2. poller      epoll (Linux) / poll() (POSIX) / WSAPoll (Windows), with a wake() channel

@@ -15,6 +15,9 @@
 //   --raw      no server: TCP over loopback, a forked writer and the bench reading, no work but
 //              the I/O (one connection by default, --raw-streams K for a fan-out's shape) — the
 //              ceiling to compare delivered MB/s with.
+//   --raw-broadcast K   no server: the floor of --idle's broadcast. A forked writer sends one
+//              --raw-chunk to each of K connections in a plain loop of send() calls (what a
+//              server's broadcast does with nothing else to do); the bench reads them all.
 //
 // FLOW CONTROL (--window W)
 //   A sender may have at most W messages that have not yet been received by ALL N-1 other
@@ -47,6 +50,7 @@
 #include <netdb.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <sched.h>
 #include <signal.h>
 #include <sys/epoll.h>
 #include <sys/resource.h>
@@ -243,6 +247,8 @@ struct Options {
     std::uint64_t raw_bytes = 2ull << 30;
     std::size_t raw_chunk = 1u << 20;
     std::size_t raw_streams = 1;
+    std::size_t raw_broadcast = 0;  // K connections for --raw-broadcast; 0: not that mode
+    int writer_cpu = -1;            // pin the forked writer of --raw-broadcast to this CPU
     Proto proto = Proto::chatsock;
     long server_pid = 0;
     std::size_t connect_batch = 256;
@@ -265,6 +271,8 @@ void usage() {
         "  --raw-bytes B       bytes to move in --raw mode (2 GiB)\n"
         "  --raw-chunk B       bytes per write and per read in --raw mode (1 MiB)\n"
         "  --raw-streams K     connections in --raw mode, written round robin (1)\n"
+        "  --raw-broadcast K   broadcast floor: one --raw-chunk to each of K connections, sent in a\n"
+        "                      plain loop by a forked writer (--writer-cpu C pins it), read here\n"
         "  --proto P           chatsock | classic | redis (chatsock)\n"
         "  --server-pid PID    sample the server's RSS and CPU time from /proc\n"
         "  --connect-batch K   connections being set up at once (256)\n"
@@ -301,6 +309,8 @@ Options parse_options(int argc, char** argv) {
         else if (a == "--spin") o.spin = true;
         else if (a == "--raw") o.raw = true;
         else if (a == "--raw-bytes") o.raw_bytes = static_cast<std::uint64_t>(number());
+        else if (a == "--raw-broadcast") o.raw_broadcast = std::max<std::size_t>(1, static_cast<std::size_t>(number()));
+        else if (a == "--writer-cpu") o.writer_cpu = static_cast<int>(number());
         else if (a == "--raw-streams") o.raw_streams = std::max<std::size_t>(1, static_cast<std::size_t>(number()));
         else if (a == "--raw-chunk") o.raw_chunk = std::max<std::size_t>(1, static_cast<std::size_t>(number()));
         else if (a == "--server-pid") o.server_pid = static_cast<long>(number());
@@ -315,6 +325,7 @@ Options parse_options(int argc, char** argv) {
         } else if (a == "-h" || a == "--help") { usage(); std::exit(0); }
         else { usage(); die(("unknown option " + a).c_str()); }
     }
+    if (o.raw_broadcast) o.raw = true;
     if (o.port < 1 || o.port > 65535) { if (!o.raw) die("--port must be 1..65535"); }
     if (o.size < 32) die("--size must be at least 32 (the payload carries 32 bytes of header)");
     if (o.size > 60000) die("--size must be at most 60000 (chatsock's default limit is 64 KiB)");
@@ -490,6 +501,99 @@ int run_raw(const Options& o) {
     j.num("elapsed_s", elapsed);
     j.num("payload_MBps", static_cast<double>(received) / 1e6 / elapsed, 1);
     j.num("bench_cpu_s", reader_cpu);
+    j.boolean("timed_out", timed_out);
+    j.boolean("ok", ok);
+    std::printf("%s\n", j.done().c_str());
+    return ok ? 0 : 1;
+}
+
+// The floor of the idle workload's broadcast (--raw-broadcast K): what K send() calls to K idle
+// loopback connections cost, and K reads of them, with nothing else to do. The writer, a
+// child, accepts the K connections this process makes, waits for a byte on a pipe, then sends
+// one chunk to each in order; the clock runs from that byte to the last chunk read here.
+int run_raw_broadcast(const Options& o) {
+    rlim_t nofile = 0;
+    raise_nofile(nofile);
+    const std::size_t k = o.raw_broadcast, chunk = o.raw_chunk;
+    if (nofile < k + 16) die("--raw-broadcast: more connections than the descriptor limit");
+    int ls = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    sockaddr_in a{};
+    a.sin_family = AF_INET;
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    socklen_t alen = sizeof a;
+    int go[2];
+    if (ls < 0 || bind(ls, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0 || listen(ls, 4096) != 0 ||
+        getsockname(ls, reinterpret_cast<sockaddr*>(&a), &alen) != 0 || pipe(go) != 0)
+        die("raw-broadcast: cannot listen on loopback");
+    pid_t child = fork();
+    if (child < 0) die("raw-broadcast: fork failed");
+    if (child == 0) {  // the writer
+        close(go[1]);
+        if (o.writer_cpu >= 0) {
+            cpu_set_t set;
+            CPU_ZERO(&set);
+            CPU_SET(o.writer_cpu, &set);
+            sched_setaffinity(0, sizeof set, &set);
+        }
+        std::vector<int> tx;
+        for (std::size_t i = 0; i < k; ++i) {
+            const int fd = accept4(ls, nullptr, nullptr, SOCK_CLOEXEC);
+            if (fd < 0) _exit(1);
+            const int one = 1;
+            setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+            tx.push_back(fd);
+        }
+        char c;
+        if (read(go[0], &c, 1) != 1) _exit(1);
+        const std::vector<char> out(chunk, 'x');
+        for (int fd : tx)  // blocking sockets: one small send to an idle connection never waits
+            if (send(fd, out.data(), chunk, MSG_NOSIGNAL) != static_cast<ssize_t>(chunk)) _exit(1);
+        if (read(go[0], &c, 1) < 0) _exit(1);  // stay until the reader is done (or gone)
+        _exit(0);
+    }
+    close(go[0]);
+    close(ls);
+    int ep = epoll_create1(EPOLL_CLOEXEC);
+    std::vector<int> rx;
+    for (std::size_t i = 0; i < k; ++i) {
+        const int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        if (fd < 0 || connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0) die("raw-broadcast: cannot connect");
+        fcntl(fd, F_SETFL, O_NONBLOCK);
+        epoll_event ev{};
+        ev.events = EPOLLIN;
+        ev.data.u64 = rx.size();
+        epoll_ctl(ep, EPOLL_CTL_ADD, fd, &ev);
+        rx.push_back(fd);
+    }
+    usleep(200000);  // let the writer finish accepting and settle
+    const std::uint64_t total = static_cast<std::uint64_t>(k) * chunk;
+    std::uint64_t received = 0;
+    std::vector<char> in(1u << 16);
+    const std::uint64_t t0 = now_ns(), deadline = t0 + static_cast<std::uint64_t>(o.timeout * 1e9);
+    bool timed_out = false;
+    if (write(go[1], "g", 1) != 1) die("raw-broadcast: the writer is gone");
+    while (received < total) {
+        if (now_ns() > deadline) { timed_out = true; break; }
+        epoll_event evs[512];
+        const int n = epoll_wait(ep, evs, 512, 100);
+        for (int e = 0; e < n; ++e) {
+            const ssize_t r = recv(rx[evs[e].data.u64], in.data(), in.size(), 0);
+            if (r > 0) received += static_cast<std::uint64_t>(r);
+        }
+    }
+    const double ms = static_cast<double>(now_ns() - t0) / 1e6;
+    close(go[1]);
+    if (timed_out) kill(child, SIGKILL);
+    int status = 0;
+    waitpid(child, &status, 0);
+    for (int fd : rx) close(fd);
+    const bool ok = !timed_out && received == total && WIFEXITED(status) && WEXITSTATUS(status) == 0;
+    Json j;
+    j.str("mode", "raw_broadcast");
+    if (!o.label.empty()) j.str("label", o.label);
+    j.integer("streams", static_cast<long long>(k));
+    j.integer("chunk", static_cast<long long>(chunk));
+    j.num("broadcast_ms", ms, 2);
     j.boolean("timed_out", timed_out);
     j.boolean("ok", ok);
     std::printf("%s\n", j.done().c_str());
@@ -1276,6 +1380,7 @@ int Bench::run() {
 
 int main(int argc, char** argv) {
     Options o = parse_options(argc, argv);
+    if (o.raw_broadcast) return run_raw_broadcast(o);
     if (o.raw) return run_raw(o);
     Bench bench(std::move(o));
     return bench.run();

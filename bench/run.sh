@@ -22,7 +22,7 @@
 #   --sweep-only    only the sweep
 #   --out DIR       where results go (default bench/results/YYYYmmdd-HHMMSS)
 #   --repeat K      run every workload K times (interleaved across servers); the table shows
-#                   the median run of each
+#                   the median of each figure
 #   --wait-quiet S  first wait up to S seconds for the machine to be idle (other processes using
 #                   under 15% of the CPUs): on a 2-core machine anything else running skews results
 #   --no-pin        do not pin: by default, with 2 or more CPUs and taskset, every server runs on
@@ -72,9 +72,10 @@ if [ "$NOFILE" != unlimited ] && [ "$NOFILE" -lt 10100 ]; then
 fi
 
 # Pinning: the server on the last CPU, the load generator on CPU 0.
-SERVER_PIN=() BENCH_PIN=() PIN_NOTE="not pinned"
+SERVER_PIN=() BENCH_PIN=() WRITER_CPU=() PIN_NOTE="not pinned"
 if [ "$PIN" = 1 ] && [ "$(nproc)" -ge 2 ] && command -v taskset > /dev/null; then
     SERVER_PIN=(taskset -c "$(($(nproc) - 1))") BENCH_PIN=(taskset -c 0)
+    WRITER_CPU=(--writer-cpu "$(($(nproc) - 1))")  # the broadcast floor's writer, where servers run
     PIN_NOTE="servers on CPU $(($(nproc) - 1)), load generator on CPU 0 except in latency runs (taskset)"
 fi
 
@@ -323,6 +324,13 @@ if [ "$SWEEP" = 1 ]; then
     done
 fi
 if [ "$MAIN" = 1 ]; then
+    # The floor of the broadcast: a plain loop of send() calls to as many idle connections,
+    # one 90-byte chunk each (a delivery's size on the wire), read by the bench.
+    note "== broadcast floor, $((IDLE_N - 1)) connections"
+    for r in $(seq "$REPEAT"); do
+        record raw raw_broadcast "$("${BENCH_PIN[@]}" "$BENCH" --raw-broadcast $((IDLE_N - 1)) --raw-chunk 90 \
+            "${WRITER_CPU[@]}" --timeout 60 --label raw_broadcast 2>>"$OUT/bench-stderr.txt" | tail -1)"
+    done
     # Many idle clients, each server fresh so that its RSS growth is the clients'. None for
     # Python (select() cannot watch descriptors past FD_SETSIZE, 1024).
     for s in "${SERVERS[@]}"; do

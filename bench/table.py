@@ -39,8 +39,9 @@ def fmt(v, kind):
 def main():
     out = sys.argv[1]
     runs = load(os.path.join(out, "results.jsonl"))
-    # With --repeat, a workload ran several times on each server: show the median run (by its
-    # headline number), and keep the spread for the notes.
+    # With --repeat, a workload ran several times on each server: the main table shows each
+    # figure's median over the runs (cell() below); `by` keeps the median run by the headline
+    # number, for the sweep; the spread goes to the notes.
     groups = {}
     for r in runs:
         groups.setdefault((r.get("server"), r.get("workload")), []).append(r)
@@ -62,17 +63,22 @@ def main():
     notes = []
 
     def cell(server, workload, field, kind, scale=1.0):
-        r = by.get((server, workload))
-        if r is None or field not in r or r[field] is None:
+        # The median of this figure over the repeats (each figure on its own: the run with the
+        # median p50 need not be the one with the median p99).
+        group = groups.get((server, workload), [])
+        values = sorted(r[field] for r in group if r.get(field) is not None)
+        if not values:
             return None, "–"
-        v = r[field] * scale
+        v = values[(len(values) - 1) // 2] * scale
         text = fmt(v, kind)
-        if not r.get("ok", True) and not workload.startswith("rss"):
+        for r in group:
+            if r.get("ok", True) or workload.startswith("rss"):
+                continue
             why = [k for k in ("lost", "refused", "corrupt", "order_violations", "disconnected") if r.get(k)]
             if r.get("timed_out"):
                 why.append("timed out")
             notes.append(f"{server} {workload}: FAILED ({', '.join(f'{k}={r[k]}' if k in r else k for k in why) or r.get('error', '?')})")
-            text += " ✗"
+            text = text.rstrip(" ✗") + " ✗"
         return v, text
 
     env = open(os.path.join(out, "env.txt")).read() if os.path.exists(os.path.join(out, "env.txt")) else ""
@@ -154,6 +160,16 @@ def main():
             frac = f" — the chatsock 4 KiB run delivered {big['payload_MBps'] / raw['payload_MBps'] * 100:.0f}% of it"
         print(f"\nLoopback ceiling, {what} (a forked writer, the bench reading; best run): "
               f"**{raw['payload_MBps']:,.0f} MB/s**{frac}.")
+    floors = sorted(r["broadcast_ms"] for r in groups.get(("raw", "raw_broadcast"), []) if r.get("broadcast_ms"))
+    if floors:
+        floor = floors[(len(floors) - 1) // 2]
+        line = (f"\nBroadcast floor, a plain loop of {n(idle.get('clients', 1) - 1 if idle.get('clients') else None)} "
+                f"send() calls to idle loopback connections, read by the bench (median): **{floor:,.1f} ms**")
+        for s in servers:
+            v, _ = cell(s, "idle", "broadcast_ms", "f2")
+            if v:
+                line += f" — {s}'s broadcast took {v / floor:.2f}× it"
+        print(line + ".")
     scaled = [r for r in runs if r.get("server") == "python" and r.get("workload") in ("c50", "c500", "big4k")]
     if scaled:
         print("\nPython server: c50, c500 and big4k ran with a fifth of the messages per client "
@@ -182,21 +198,22 @@ def main():
 
     # the sweep
     sweep = sorted({int(r["workload"][5:]) for r in runs if str(r.get("workload", "")).startswith("sweep")})
+    sweep_servers = [s for s in servers if any((s, f"sweep{n}") in by for n in sweep)]
     if sweep:
         with open(os.path.join(out, "sweep.tsv"), "w") as f:
-            f.write("clients\t" + "\t".join(servers) + "\n")
+            f.write("clients\t" + "\t".join(sweep_servers) + "\n")
             for n in sweep:
                 vals = []
-                for s in servers:
+                for s in sweep_servers:
                     r = by.get((s, f"sweep{n}"))
                     vals.append(str(r["deliveries_per_s"]) if r and r.get("ok") and "deliveries_per_s" in r else "NaN")
                 f.write(f"{n}\t" + "\t".join(vals) + "\n")
         print("\n### deliveries/s by client count (64 B messages)\n")
-        print("| clients | " + " | ".join(servers) + " |")
-        print("|---|" + "---|" * len(servers))
+        print("| clients | " + " | ".join(sweep_servers) + " |")
+        print("|---|" + "---|" * len(sweep_servers))
         for n in sweep:
             cells = []
-            for s in servers:
+            for s in sweep_servers:
                 r = by.get((s, f"sweep{n}"))
                 cells.append(fmt(r.get("deliveries_per_s"), "rate") + ("" if r.get("ok") else " ✗") if r else "–")
             print(f"| {n} | " + " | ".join(cells) + " |")
