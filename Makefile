@@ -115,13 +115,16 @@ fuzz: $(BIN)/fuzz_decoder $(BIN)/fuzz_server_input
 
 # The load generator, never part of the tests: bench/run.sh builds it and demo_server, then
 # runs the workloads.
-bench: bench/chatsock_bench demo_server
+bench: bench/chatsock_bench bench/floor_relay demo_server
 
 bench/chatsock_bench: bench/chatsock_bench.cpp
 	$(CXX) -std=c++17 -O2 -g -Wall -Wextra -Wpedantic -Werror $< -o $@
 
+bench/floor_relay: bench/floor_relay.cpp
+	$(CXX) -std=c++17 -O2 -g -Wall -Wextra -Wpedantic -Werror $< -o $@
+
 clean:
 	rm -rf $(BIN) build demo_server demo_client demo_server.exe demo_client.exe
-	rm -f bench/chatsock_bench
+	rm -f bench/chatsock_bench bench/floor_relay
 
 .PHONY: all test valgrind sanitize clean windows test-windows fuzz bench

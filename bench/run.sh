@@ -154,8 +154,8 @@ wait_for_connect() {  # PID PORT SECONDS
     return 1
 }
 
-# start_server NAME: chatsock (demo_server), nolog (demo_server without its log), redis,
-# python or custom.
+# start_server NAME: chatsock (demo_server), nolog (demo_server without its log), floor
+# (bench/floor_relay), redis, python or custom.
 start_server() {
     local name=$1 log=$TMP/conversation-$1.log pid port="" out=$OUT/server-$1.out
     [ "$NOLOG" = 1 ] || [ "$name" = nolog ] && log=""
@@ -163,6 +163,10 @@ start_server() {
         chatsock|nolog)
             "${SERVER_PIN[@]}" ./demo_server 127.0.0.1 0 "$log" > "$out" 2>&1 &
             pid=$!; PROTO[$name]=chatsock
+            port=$(wait_for_port_line "$pid" "$out" '^listening on' 10) ;;
+        floor)
+            "${SERVER_PIN[@]}" ./bench/floor_relay 127.0.0.1 0 > "$out" 2>&1 &
+            pid=$!; PROTO[$name]=classic
             port=$(wait_for_port_line "$pid" "$out" '^listening on' 10) ;;
         python)
             "${SERVER_PIN[@]}" python3 -u tests/classic/classic_server.py 127.0.0.1 0 > "$out" 2>&1 &
@@ -271,10 +275,17 @@ if [ "$REDIS" = 1 ]; then
 fi
 [ "$PYTHON" = 1 ] && SERVERS+=(python)
 [ "$NOLOG_TOO" = 1 ] && [ -z "$CUSTOM" ] && [ "$NOLOG" = 0 ] && SERVERS+=(nolog)
+[ -z "$CUSTOM" ] && SERVERS+=(floor)
 
 # The log-off server only runs the throughput workloads: it is there to show the log's cost.
+# bench/floor_relay only runs the latency workload: the least a relay can do per message (one
+# recv, one send per recipient, nothing else) is the floor chatsock's latency is compared with.
 takes() {  # SERVER WORKLOAD
-    [ "$1" != nolog ] || case "$2" in pair|c50|c500|big4k) return 0 ;; *) return 1 ;; esac
+    case "$1" in
+        nolog) case "$2" in pair|c50|c500|big4k) return 0 ;; *) return 1 ;; esac ;;
+        floor) [ "$2" = latency ] ;;
+        *) return 0 ;;
+    esac
 }
 
 each() {  # WORKLOAD TIMEOUT BENCH-ARGS... on every server, REPEAT times
@@ -299,10 +310,10 @@ if [ "$MAIN" = 1 ]; then
             --label raw49 2>>"$OUT/bench-stderr.txt" | tail -1)"
     done
     for r in $(seq "$REPEAT"); do
-        for s in "${SERVERS[@]}"; do run "$s" pair 180 --clients 2 --messages "$PAIR_M" --size 64; done
-        for s in "${SERVERS[@]}"; do run "$s" c50 180 --clients 50 --messages "$(scaled "$s" "$C50_M")" --size 64; done
-        for s in "${SERVERS[@]}"; do run "$s" c500 300 --clients 500 --messages "$(scaled "$s" "$C500_M")" --size 64; done
-        for s in "${SERVERS[@]}"; do run "$s" big4k 180 --clients 50 --messages "$(scaled "$s" "$BIG_M")" --size 4096; done
+        for s in "${SERVERS[@]}"; do takes "$s" pair && run "$s" pair 180 --clients 2 --messages "$PAIR_M" --size 64; done
+        for s in "${SERVERS[@]}"; do takes "$s" c50 && run "$s" c50 180 --clients 50 --messages "$(scaled "$s" "$C50_M")" --size 64; done
+        for s in "${SERVERS[@]}"; do takes "$s" c500 && run "$s" c500 300 --clients 500 --messages "$(scaled "$s" "$C500_M")" --size 64; done
+        for s in "${SERVERS[@]}"; do takes "$s" big4k && run "$s" big4k 180 --clients 50 --messages "$(scaled "$s" "$BIG_M")" --size 4096; done
     done
     for s in "${SERVERS[@]}"; do [ -n "${PID[$s]:-}" ] && quiesce "${PID[$s]}" && record_rss "$s" after_big; done
     each latency 120 --clients 50 --messages "$LAT_M" --size 64 --rate "$LAT_RATE"

@@ -160,6 +160,16 @@ def main():
             frac = f" — the chatsock 4 KiB run delivered {big['payload_MBps'] / raw['payload_MBps'] * 100:.0f}% of it"
         print(f"\nLoopback ceiling, {what} (a forked writer, the bench reading; best run): "
               f"**{raw['payload_MBps']:,.0f} MB/s**{frac}.")
+    lat_floor = [cell("floor", "latency", f, "f1")[0] for f in ("lat_p50_us", "lat_p99_us", "lat_ready_p50_us")]
+    if lat_floor[0]:
+        line = (f"\nLatency floor, bench/floor_relay (the least a relay can do: one recv per message, one send "
+                f"per recipient, no log, no checks; median): **p50 {lat_floor[0]:,.1f} µs, p99 {lat_floor[1]:,.1f} µs**"
+                f" (p50 {lat_floor[2]:,.1f} µs to the bench's epoll_wait)")
+        for s in servers:
+            v, _ = cell(s, "latency", "lat_p50_us", "f1")
+            if v and s != "python":
+                line += f" — {s}'s p50 is {v / lat_floor[0]:.2f}× it"
+        print(line + ".")
     floors = sorted(r["broadcast_ms"] for r in groups.get(("raw", "raw_broadcast"), []) if r.get("broadcast_ms"))
     if floors:
         floor = floors[(len(floors) - 1) // 2]

@@ -475,7 +475,8 @@ TEST_CASE("printable and is_valid_utf8 find a special byte at every position of 
         {"\x00"s, "\\x00"}, {"\x1f", "\\x1f"}, {"\n", "\\n"}, {"\x7f", "\\x7f"}, {"\\", "\\\\"},
         {"\xc3\xa9", "\xc3\xa9"}, {"\xc2\x9b", "\\u009b"}, {"\xff", "\\xff"}, {" ", " "}, {"~", "~"}};
     for (std::size_t before = 0; before <= 19; ++before) {
-        for (const auto& [raw, shown] : specials) {
+        for (const auto& special : specials) {
+            const std::string &raw = special.first, &shown = special.second;  // (CAPTURE can't take a binding)
             CAPTURE(before);
             CAPTURE(raw);
             const std::string head(before, 'a'), tail(11, 'z');
