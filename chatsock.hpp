@@ -533,7 +533,6 @@ inline std::size_t send_buffers(socket_t s, const ConstBuffer* buffers, std::siz
     ec.clear();
     return sent;
 #else
-    if (count == 1) return send_some(s, buffers[0].data, buffers[0].size, ec);  // the common case, cheaper
     iovec iov[max_buffers];
     for (std::size_t i = 0; i < count; ++i) {
         iov[i].iov_base = const_cast<char*>(buffers[i].data);
@@ -976,26 +975,20 @@ public:
         for (std::string_view fed; next(fed);)  // frames left by feed(), if it was used
             if (!on_frame(fed)) return;
         if (failed()) return;
-        if (buffered() > 0) {  // finish the frame begun before, taking only its own bytes
+        if (buffered() > 0) {  // finish the frame begun before: its header, then its payload
             compact();
-            std::size_t need = header_size, length = 0;
-            if (buffer_.size() >= header_size) {
-                frame_length(buffer_.data(), length);  // checked when its header arrived
-                need += length;
-            }
-            std::size_t take = std::min(size, need - std::min(need, buffer_.size()));
-            buffer_.append(data, take);
-            data += take, size -= take;
-            if (buffer_.size() == header_size && need == header_size) {  // the header just completed
-                if (!frame_length(buffer_.data(), length)) return;
-                take = std::min(size, length);
+            auto take_up_to = [&](std::size_t total) {  // copies only this frame's own bytes
+                const std::size_t take = std::min(size, total > buffer_.size() ? total - buffer_.size() : 0);
                 buffer_.append(data, take);
                 data += take, size -= take;
-                need += length;
-            }
-            if (buffer_.size() < need) return;  // still unfinished: the chunk is used up
+                return buffer_.size() >= total;
+            };
+            std::size_t length = 0;
+            if (!take_up_to(header_size) || !frame_length(buffer_.data(), length) ||
+                !take_up_to(header_size + length))
+                return;  // the chunk is used up (or the header is bad)
             start_ = buffer_.size();
-            if (!on_frame(std::string_view(buffer_.data() + header_size, need - header_size))) return;
+            if (!on_frame(std::string_view(buffer_.data() + header_size, length))) return;
         }
         while (size >= header_size) {  // whole frames straight from the chunk
             std::size_t length = 0;
@@ -1626,13 +1619,14 @@ private:
         const std::size_t others = members_.size() - 1;
         send_to(c.info.id, "welcome, " + c.info.name + "! " + std::to_string(others) +
                                (others == 1 ? " other user" : " other users") + " online" +
-                               (announcing() ? "" : "; joins and leaves are not announced in a room this big"));
-        if (announcing()) broadcast(c.info.name + " joined", {}, c.info.id);
+                               (announced(members_.size()) ? "" : "; joins and leaves are not announced in a room this big"));
+        if (announced(members_.size())) broadcast(c.info.name + " joined", {}, c.info.id);
         if (on_join) on_join(c.info);
     }
 
-    // A room filling up to N users would get N²/2 join notices: big rooms get none.
-    bool announcing() const { return members_.size() <= options_.announce_up_to; }
+    // Joins and leaves in a room of this many users go to everyone? A room filling up to N users
+    // would get N²/2 join notices: big rooms get none.
+    bool announced(std::size_t room) const { return room <= options_.announce_up_to; }
 
     // ---- writing --------------------------------------------------------------------------
     void relay(const SharedBytes& bytes, ClientId except) {
@@ -1709,7 +1703,7 @@ private:
         log_.add("leave", c.info.name, reason);
         const std::string notice = c.info.name + (reason == "left" ? " left" : " left (" + reason + ")");
         say(printable(notice));
-        if (members_.size() < options_.announce_up_to) broadcast(notice);  // counting the leaver
+        if (announced(members_.size() + 1)) broadcast(notice);  // the room still counting the leaver
         if (on_leave) on_leave(c.info, reason);
     }
 
