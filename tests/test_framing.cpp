@@ -30,6 +30,20 @@ bool header_bad(std::string_view header) {
     return !chatsock::parse_header(header, length);
 }
 
+// 1 to 40 frames of random bytes (a fifth of them empty, the others up to 2,000 bytes).
+struct RandomFrames {
+    std::vector<std::string> payloads;
+    std::string stream;  // their frames, back to back
+    explicit RandomFrames(std::mt19937& rng) {
+        for (int i = 0, count = 1 + static_cast<int>(rng() % 40); i < count; ++i) {
+            std::string p(rng() % 5 == 0 ? 0 : rng() % 2000, '\0');
+            for (char& c : p) c = static_cast<char>(rng() & 0xFF);
+            stream += chatsock::encode_frame(p);
+            payloads.push_back(std::move(p));
+        }
+    }
+};
+
 std::vector<std::string> decode_all(chatsock::FrameDecoder& d) {
     std::vector<std::string> out;
     std::string_view frame;
@@ -145,15 +159,8 @@ TEST_CASE("FrameDecoder: random chunk sizes give the same frames (many seeds)") 
     for (unsigned seed = 1; seed <= 200; ++seed) {
         CAPTURE(seed);
         std::mt19937 rng(seed);
-        std::vector<std::string> payloads;
-        std::string stream;
-        const int count = 1 + static_cast<int>(rng() % 40);
-        for (int i = 0; i < count; ++i) {
-            std::string p(rng() % 5 == 0 ? 0 : rng() % 2000, '\0');
-            for (char& c : p) c = static_cast<char>(rng() & 0xFF);
-            stream += chatsock::encode_frame(p);
-            payloads.push_back(std::move(p));
-        }
+        const RandomFrames frames(rng);
+        const std::string& stream = frames.stream;
         chatsock::FrameDecoder d;
         std::vector<std::string> got;
         std::size_t pos = 0;
@@ -167,7 +174,7 @@ TEST_CASE("FrameDecoder: random chunk sizes give the same frames (many seeds)") 
         }
         REQUIRE_FALSE(d.failed());
         CHECK(d.buffered() == 0);
-        CHECK(got == payloads);
+        CHECK(got == frames.payloads);
     }
 }
 
@@ -235,19 +242,12 @@ TEST_CASE("FrameDecoder::decode: random chunks agree with feed()/next() (many se
     for (unsigned seed = 1; seed <= 100; ++seed) {
         CAPTURE(seed);
         std::mt19937 rng(seed);
-        std::vector<std::string> payloads;
-        std::string stream;
-        for (int i = 0, count = 1 + static_cast<int>(rng() % 30); i < count; ++i) {
-            std::string p(rng() % 4 == 0 ? rng() % 12 : rng() % 3000, '\0');
-            for (char& c : p) c = static_cast<char>(rng() & 0xFF);
-            stream += chatsock::encode_frame(p);
-            payloads.push_back(std::move(p));
-        }
+        const RandomFrames frames(rng);
         std::vector<std::size_t> sizes;
-        for (std::size_t total = 0; total < stream.size(); total += sizes.back())
+        for (std::size_t total = 0; total < frames.stream.size(); total += sizes.back())
             sizes.push_back(1 + rng() % (seed % 2 ? 15 : 5000));
         chatsock::FrameDecoder d;
-        CHECK(decode_chunks(d, stream, sizes) == payloads);
+        CHECK(decode_chunks(d, frames.stream, sizes) == frames.payloads);
         CHECK(d.buffered() == 0);
     }
 }

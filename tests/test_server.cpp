@@ -286,7 +286,8 @@ TEST_CASE("max_clients: connections beyond it are told and closed") {
 
 TEST_CASE("announce_up_to: joins and leaves are announced only in rooms up to that size") {
     cst::TempDir dir;
-    auto options = cst::quiet_options();
+    std::vector<std::string> lines;
+    auto options = cst::capturing_options(lines);
     options.announce_up_to = 2;
     options.log_path = dir.file("chat.log");
     chatsock::Server server(options);
@@ -312,7 +313,9 @@ TEST_CASE("announce_up_to: joins and leaves are announced only in rooms up to th
     CHECK_FALSE(alice.got_text("carol left"));
     CHECK_FALSE(alice.got_text_starting("welcome, carol"));
 
-    // The log has every join and leave, announced or not.
+    // The server's own output and the log have every join and leave, announced or not.
+    CHECK(has_line(lines, "carol joined from 127.0.0.1:"));
+    CHECK(has_line(lines, "carol left"));
     const std::string log = cst::read_file(options.log_path);
     CHECK(log.find("\tjoin\tcarol\t") != std::string::npos);
     CHECK(log.find("\tleave\tcarol\tleft") != std::string::npos);
