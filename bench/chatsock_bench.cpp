@@ -242,7 +242,6 @@ struct Options {
     double rate = 0;
     double timeout = 60;
     bool idle = false;
-    bool spin = false;  // busy-poll while measuring, so the bench's own wakeups are not timed
     bool raw = false;
     std::uint64_t raw_bytes = 2ull << 30;
     std::size_t raw_chunk = 1u << 20;
@@ -276,8 +275,6 @@ void usage() {
         "  --proto P           chatsock | classic | redis (chatsock)\n"
         "  --server-pid PID    sample the server's RSS and CPU time from /proc\n"
         "  --connect-batch K   connections being set up at once (256)\n"
-        "  --spin              while measuring, poll without sleeping (pin the bench to a CPU of\n"
-        "                      its own): the latency then leaves out the bench's own wakeups\n"
         "  --label TEXT        copied into the JSON line\n",
         stderr);
 }
@@ -306,7 +303,6 @@ Options parse_options(int argc, char** argv) {
         else if (a == "--rate") o.rate = number();
         else if (a == "--timeout") o.timeout = number();
         else if (a == "--idle") o.idle = true;
-        else if (a == "--spin") o.spin = true;
         else if (a == "--raw") o.raw = true;
         else if (a == "--raw-bytes") o.raw_bytes = static_cast<std::uint64_t>(number());
         else if (a == "--raw-broadcast") o.raw_broadcast = std::max<std::size_t>(1, static_cast<std::size_t>(number()));
@@ -1256,8 +1252,7 @@ int Bench::run() {
             } else {
                 expected = 0;
             }
-            while (broadcast_received_ < expected && disconnected_ == disconnected_before && !deadline_passed())
-                pump(o_.spin ? 0 : 50);
+            while (broadcast_received_ < expected && disconnected_ == disconnected_before && !deadline_passed()) pump(50);
             broadcast_done = now_ns();
         } else {
             expected = static_cast<std::uint64_t>(n_) * o_.messages * (n_ - 1);
@@ -1294,7 +1289,7 @@ int Bench::run() {
                         timerfd_settime(timer_fd_, TFD_TIMER_ABSTIME, &its, nullptr);
                     }
                 }
-                pump(o_.spin ? 0 : 20);
+                pump(20);
             }
         }
     }
@@ -1318,7 +1313,6 @@ int Bench::run() {
     j.integer("size", static_cast<long long>(o_.size));
     j.integer("window", static_cast<long long>(window_));
     j.num("rate", o_.rate, 0);
-    j.boolean("spin", o_.spin);
     j.integer("nofile", static_cast<long long>(nofile));
     if (!nofile_note.empty()) j.str("nofile_note", nofile_note);
     j.integer("joined", static_cast<long long>(joined_));

@@ -71,15 +71,13 @@ def main():
             return None, "–"
         v = values[(len(values) - 1) // 2] * scale
         text = fmt(v, kind)
-        for r in group:
-            if r.get("ok", True) or workload.startswith("rss"):
-                continue
+        failed = [] if workload.startswith("rss") else [r for r in group if not r.get("ok", True)]
+        for r in failed:
             why = [k for k in ("lost", "refused", "corrupt", "order_violations", "disconnected") if r.get(k)]
             if r.get("timed_out"):
                 why.append("timed out")
             notes.append(f"{server} {workload}: FAILED ({', '.join(f'{k}={r[k]}' if k in r else k for k in why) or r.get('error', '?')})")
-            text = text.rstrip(" ✗") + " ✗"
-        return v, text
+        return v, text + (" ✗" if failed else "")
 
     env = open(os.path.join(out, "env.txt")).read() if os.path.exists(os.path.join(out, "env.txt")) else ""
     print("## chatsock benchmark\n")
@@ -170,10 +168,10 @@ def main():
             if v and s != "python":
                 line += f" — {s}'s p50 is {v / lat_floor[0]:.2f}× it"
         print(line + ".")
-    floors = sorted(r["broadcast_ms"] for r in groups.get(("raw", "raw_broadcast"), []) if r.get("broadcast_ms"))
-    if floors:
-        floor = floors[(len(floors) - 1) // 2]
-        line = (f"\nBroadcast floor, a plain loop of {n(idle.get('clients', 1) - 1 if idle.get('clients') else None)} "
+    floor, _ = cell("raw", "raw_broadcast", "broadcast_ms", "f2")
+    if floor:
+        streams, _ = cell("raw", "raw_broadcast", "streams", "int")
+        line = (f"\nBroadcast floor, a plain loop of {n(int(streams))} "
                 f"send() calls to idle loopback connections, read by the bench (median): **{floor:,.1f} ms**")
         for s in servers:
             v, _ = cell(s, "idle", "broadcast_ms", "f2")
