@@ -5,6 +5,8 @@
 #   make valgrind     the server and client in-process tests under valgrind (memcheck)
 #   make windows      cross-build demo_server.exe, demo_client.exe and the test runner (MinGW)
 #   make test-windows the unit tests and the end-to-end suites under wine, plus mixed runs
+#   make mutate       plant each bug of the mutation register (tests/mutations.txt) in a copy of
+#                     the header and check that its test fails (MUTATE_ARGS: see tools/mutate.py)
 #   make fuzz         the libFuzzer targets in fuzz/, FUZZ_SECONDS (60) each (clang, libclang-rt-14-dev)
 #   make bench        build the load generator bench/chatsock_bench (bench/run.sh runs it)
 #   make clean
@@ -75,6 +77,13 @@ test-windows: windows all $(BIN)/win_vista_check
 test: all $(BIN)/unit $(BIN)/unit_poll $(BIN)/attack_server
 	bash tests/run.sh
 
+# The mutation register: every one-line bug in tests/mutations.txt, planted alone in a copy of
+# chatsock.hpp, must fail the test named for it. CI runs a sample: MUTATE_ARGS="--budget S
+# --sample-from COMMIT".
+MUTATE_ARGS ?=
+mutate:
+	python3 tools/mutate.py $(MUTATE_ARGS)
+
 # The server and client in-process tests under valgrind (memcheck): no errors, no definite leaks.
 VALGRIND ?= valgrind --error-exitcode=1 --leak-check=full --errors-for-leak-kinds=definite --quiet
 valgrind: $(BIN)/unit
@@ -127,4 +136,4 @@ clean:
 	rm -rf $(BIN) build demo_server demo_client demo_server.exe demo_client.exe
 	rm -f bench/chatsock_bench bench/floor_relay
 
-.PHONY: all test valgrind sanitize clean windows test-windows fuzz bench
+.PHONY: all test mutate valgrind sanitize clean windows test-windows fuzz bench

@@ -95,7 +95,8 @@ while(NOT rest STREQUAL "")
             bracket("${name}" quoted)
             string(APPEND script
                 "add_test(${quoted} ${emulator}${exe} --first=${count} --last=${count} --no-intro)\n"
-                "set_tests_properties(${quoted} PROPERTIES WORKING_DIRECTORY ${workdir} TIMEOUT ${TEST_TIMEOUT}")
+                "set_tests_properties(${quoted} PROPERTIES WORKING_DIRECTORY ${workdir} TIMEOUT ${TEST_TIMEOUT}"
+                " SKIP_REGULAR_EXPRESSION \"MESSAGE: SKIPPED: \"")
             if(DEFINED TEST_LABEL)
                 string(APPEND script " LABELS ${TEST_LABEL}")
             endif()

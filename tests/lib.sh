@@ -8,8 +8,9 @@ skipped=0
 SUITE_TIMEOUT=${SUITE_TIMEOUT:-600}
 
 # run_doctest NAME COMMAND...: a doctest binary; counts test cases from doctest's summary line.
+# A test case that printed "MESSAGE: SKIPPED: why" (cst::skip) counts as skipped, not passed.
 run_doctest() {
-    local name=$1 out rc line p f
+    local name=$1 out rc line p f s
     shift
     echo "== $name"
     out=$(timeout "$SUITE_TIMEOUT" "$@" --no-intro 2>&1)
@@ -20,7 +21,10 @@ run_doctest() {
     f=$(echo "$line" | sed -nE 's/.*\| *([0-9]+) failed.*/\1/p')
     if [ -z "$p" ]; then p=0; f=1; fi        # crashed before its summary
     if [ "$rc" -ne 0 ] && [ "$f" -eq 0 ]; then f=1; fi
-    passed=$((passed + p)); failed=$((failed + f))
+    s=$(echo "$out" | grep -c 'MESSAGE: SKIPPED: ')
+    if [ "$s" -gt 0 ]; then echo "$out" | grep 'MESSAGE: SKIPPED: '; fi
+    p=$((p > s ? p - s : 0))
+    passed=$((passed + p)); failed=$((failed + f)); skipped=$((skipped + s))
 }
 
 # run_python NAME COMMAND...: a Python suite (unittest, see tests/harness.py) that ends with

@@ -11,4 +11,5 @@ for script in tests/e2e_*.py; do
     [ -e "$script" ] && run_python "$(basename "$script")" python3 "$script"
 done
 
+run_python "mutation register: every entry still matches the header" python3 tools/mutate.py --check
 finish

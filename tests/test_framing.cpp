@@ -538,6 +538,9 @@ TEST_CASE("equal_ignoring_ascii_case") {
     CHECK_FALSE(chatsock::equal_ignoring_ascii_case("alice", "alicE "));
     CHECK_FALSE(chatsock::equal_ignoring_ascii_case("a[", "a{"));  // only letters fold
     CHECK_FALSE(chatsock::equal_ignoring_ascii_case("É", "é"));    // ASCII only
+    // Every letter folds, the first and the last too; their neighbours do not.
+    CHECK(chatsock::ascii_lower("@ABCDEFGHIJKLMNOPQRSTUVWXYZ[") == "@abcdefghijklmnopqrstuvwxyz[");
+    CHECK(chatsock::equal_ignoring_ascii_case("ZED", "zed"));
 }
 
 TEST_CASE("parse_port") {
