@@ -8,22 +8,25 @@ timeouts and caps can be small enough to test quickly). Ends with "RESULT passed
 
 Linux only: the checks read the server's /proc/PID/{status,fd,stat}.
 """
+import fcntl
 import hashlib
 import os
+import select
 import selectors
 import signal
 import socket
 import struct
 import subprocess
 import sys
+import termios
 import threading
 import time
 import unittest
 
 sys.dont_write_bytecode = True  # no __pycache__ in the repository
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from harness import (DEVNULL, HOST, LISTENING_DEMO as LISTENING, ROOT, TIMEOUT, frame, main,  # noqa: E402
-                     recv_exactly, recv_frame, recv_until_closed)
+from harness import (DEVNULL, HOST, LISTENING_DEMO as LISTENING, ROOT, TIMEOUT, frame, is_windows,  # noqa: E402
+                     main, needs_proc_net_tcp, recv_exactly, recv_frame, recv_until_closed, wait_until_read)
 from e2e_demos import DemoTestCase  # noqa: E402  (read_log, wait_log: the log's format checked)
 
 ATTACK_SERVER = os.environ.get("CHATSOCK_ATTACK_SERVER") or os.path.join(ROOT, "tests", "bin", "attack_server")
@@ -234,6 +237,7 @@ class AttackTestCase(DemoTestCase):
 
 # =============================================================================================
 class PartialFrames(AttackTestCase):
+    @needs_proc_net_tcp
     def test_name_and_message_split_at_every_byte(self):
         _, port = self.start_attack_server()
         alice = self.join(port, "alice")
@@ -244,7 +248,7 @@ class PartialFrames(AttackTestCase):
                 data = frame(name) + frame(text)
                 s = self.raw_connect(port)
                 s.sendall(data[:k])
-                time.sleep(0.02)  # so the two halves arrive in separate reads
+                wait_until_read(s)  # the server has read the first part: the rest is a read of its own
                 s.sendall(data[k:])
                 self.expect(alice, "server", f"{name} joined", skip_notices=False)
                 self.expect(alice, name, text, skip_notices=False)
@@ -275,6 +279,9 @@ class Slowloris(AttackTestCase):
         self.expect(alice, "server", "bob joined")
         slow = self.join(port, "slow")
         slow.sendall(b"12")            # joined, then half a header and nothing more
+        # slow keeps reading: the chat below must not fill its queue, or the server, closing it
+        # after a second, would give up on the notice at the end of that queue.
+        slow_reader = Reader(slow)
         nameless = self.raw_connect(port)
         nameless.sendall(b"5  ")       # not joined: half of the name's header
         silent = self.raw_connect(port)  # not joined: nothing at all
@@ -285,8 +292,8 @@ class Slowloris(AttackTestCase):
             rounds += 1
         self.assertLess(worst, 0.2, f"slowest of {rounds} round trips")
 
-        self.assertEqual(next_notice(slow), "a frame took longer than 1000 ms to arrive")
-        recv_until_closed(slow)
+        slow_reader.wait_for(("server", "a frame took longer than 1000 ms to arrive"))
+        slow_reader.wait(lambda r: r.closed, what="slow closed")
         for s in (nameless, silent):
             self.assertEqual(recv_message(s), ("server", "no username within 1500 ms"))
             recv_until_closed(s)
@@ -297,6 +304,25 @@ class Slowloris(AttackTestCase):
         self.assertIn(("leave", "slow", "a frame took longer than 1000 ms to arrive"), events)
         refused = [e for e in events if e[0] == "refused"]
         self.assertEqual([e[2] for e in refused], ["no username in time"] * 2, refused)
+
+
+    # Nothing else happens in these two: only the server's own timers can wake it to act.
+    def test_handshake_timeout_fires_on_an_idle_server(self):
+        _, port = self.start_attack_server("--handshake-ms", 300)
+        t0 = time.monotonic()
+        silent = self.raw_connect(port)
+        self.assertEqual(recv_message(silent), ("server", "no username within 300 ms"))
+        self.assertGreaterEqual(time.monotonic() - t0, 0.3)
+        recv_until_closed(silent)
+
+    def test_frame_timeout_fires_on_an_idle_server(self):
+        _, port = self.start_attack_server("--frame-ms", 300, "--handshake-ms", 60000)
+        slow = self.join(port, "slow")
+        t0 = time.monotonic()
+        slow.sendall(b"12")
+        self.assertEqual(next_notice(slow), "a frame took longer than 300 ms to arrive")
+        self.assertGreaterEqual(time.monotonic() - t0, 0.3)
+        recv_until_closed(slow)
 
 
 # =============================================================================================
@@ -384,16 +410,63 @@ class BadHeaders(AttackTestCase):
     def test_bad_header_instead_of_a_name(self):
         server, port = self.start_attack_server()
         alice = self.join(port, "alice")
+        expected = []  # no name yet: the log's name field is the peer, exactly
         for header, error in self.CASES[:4]:
             with self.subTest(header=header):
                 s = self.raw_connect(port)
+                expected.append(("error", f"127.0.0.1:{s.getsockname()[1]}", f"protocol error: {error}"))
                 s.sendall(header)
                 self.assertEqual(recv_message(s), ("server", f"protocol error: {error}"))
                 recv_until_closed(s)
-        self.assertEqual([m for m in self.read_log() if m[0] == "error"][-1][2],
-                         f"protocol error: {self.CASES[3][1]}")
+        self.assertEqual([e for e in self.read_log() if e[0] == "error"], expected)
         self.assert_still_serving(server, port)
         reset(alice)
+
+
+# =============================================================================================
+class ConfiguredLimits(AttackTestCase):
+    def test_max_payload_from_the_command_line(self):
+        _, port = self.start_attack_server("--max-payload", 100)
+        alice, bob, carol = self.join(port, "alice"), self.join(port, "bob"), self.join(port, "carol")
+        for s, names in ((alice, ("bob", "carol")), (bob, ("carol",))):
+            for name in names:
+                self.expect(s, "server", f"{name} joined", skip_notices=False)
+        text = "at the limit ✓ " + "x" * 83  # 100 bytes of UTF-8
+        self.assertEqual(len(text.encode()), 100)
+        self.send_text(alice, text)
+        for s in (bob, carol):
+            self.assertEqual(recv_frame(s), (b"5         ", b"alice"))
+            self.assertEqual(recv_frame(s), (b"100       ", text.encode()))  # whole, in one frame
+        error = "frame of 101 bytes is over the limit of 100"
+        alice.sendall(b"101       " + b"y" * 101)
+        self.assertEqual(recv_message(alice), ("server", f"protocol error: {error}"))
+        self.assertEqual(recv_until_closed(alice), b"")
+        for s in (bob, carol):  # they see the leave, and nothing of the refused frame
+            self.expect(s, "server", f"alice left (protocol error: {error})", skip_notices=False)
+        self.send_text(bob, "the room goes on")
+        self.expect(carol, "bob", "the room goes on", skip_notices=False)
+        self.send_text(carol, "it does")
+        self.expect(bob, "carol", "it does", skip_notices=False)
+        events = self.read_log()
+        self.assertIn(("message", "alice", text), events)
+        self.assertIn(("error", "alice", f"protocol error: {error}"), events)
+        self.assertIn(("leave", "alice", f"protocol error: {error}"), events)
+        self.assertEqual([e for e in events if e[0] == "message"],
+                         [("message", "alice", text), ("message", "bob", "the room goes on"),
+                          ("message", "carol", "it does")])
+
+    def test_one_client_too_many_is_refused_and_logged(self):
+        _, port = self.start_attack_server("--max-clients", 2)
+        alice, bob = self.join(port, "alice"), self.join(port, "bob")
+        self.expect(alice, "server", "bob joined", skip_notices=False)
+        extra = self.raw_connect(port)
+        peer = f"127.0.0.1:{extra.getsockname()[1]}"
+        self.assertEqual(recv_message(extra), ("server", "the server is full (2 clients)"))
+        self.assertEqual(recv_until_closed(extra), b"")
+        # Logged in the turn that refused it, before the notice went out: no waiting for it.
+        self.assertEqual([e for e in self.read_log() if e[0] == "refused"], [("refused", peer, "server full")])
+        self.send_text(bob, "still two of us")
+        self.expect(alice, "bob", "still two of us", skip_notices=False)
 
 
 # =============================================================================================
@@ -626,6 +699,136 @@ class LogDurability(AttackTestCase):
         for i in range(3):  # and per sender, in the order sent
             mine = [t for s, t in logged if s == f"s{i}"]
             self.assertEqual([int(t.split()[2]) for t in mine], list(range(len(mine))))
+
+
+# =============================================================================================
+F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
+
+
+def server_blocked_on_pipe(pid):
+    """True when the server sleeps writing to a pipe (its log, here), False when it does not,
+    None where /proc/PID/wchan says nothing (a kernel that hides it shows "0")."""
+    try:
+        with open(f"/proc/{pid}/wchan") as f:
+            wchan = f.read().strip()
+    except OSError:
+        return None
+    if wchan in ("", "0"):
+        return None
+    return "pipe_write" in wchan  # "pipe_write", "anon_pipe_write" (6.x)
+
+
+@unittest.skipIf(is_windows(ATTACK_SERVER), "Windows server: the log is a FIFO the test holds full (POSIX)")
+class LogBeforeSend(AttackTestCase):
+    """README: each turn of the loop writes its log lines before it sends that turn's messages.
+    The log is a FIFO whose one page the test fills to the last byte: a server that logs first
+    blocks in write() before it sends anything, so nobody receives the message until the test
+    drains the pipe. A server that sends first and logs after delivers while the pipe is full."""
+
+    def setUp(self):
+        super().setUp()
+        self.fifo = self.path("chat.fifo")
+        os.mkfifo(self.fifo)
+        # The read end first, non-blocking, so the server's open for writing does not block.
+        self.rfd = os.open(self.fifo, os.O_RDONLY | os.O_NONBLOCK)
+        self.addCleanup(os.close, self.rfd)
+        self.pipe_size = fcntl.fcntl(self.rfd, F_SETPIPE_SZ, 4096)  # one page
+        self.wfd = None
+        self.pending = bytearray()
+        self.lines = []  # every line that came out of the pipe, in order
+
+    def pump(self):
+        """Reads what the pipe holds now into self.lines."""
+        while True:
+            try:
+                chunk = os.read(self.rfd, 65536)
+            except BlockingIOError:
+                break
+            if not chunk:
+                break  # no writer yet
+            self.pending += chunk
+        *lines, rest = self.pending.split(b"\n")
+        self.pending = bytearray(rest)
+        self.lines += [line.decode("utf-8") for line in lines]
+
+    def events(self):
+        return [tuple(line.split("\t")[1:]) for line in self.lines if "\t" in line]  # not the filler
+
+    def drain_until(self, event, timeout=TIMEOUT):
+        """Drains the pipe until the log line of `event` (event, name, text) has come out;
+        returns its index in self.lines."""
+        deadline = time.monotonic() + timeout
+        while True:
+            self.pump()
+            for i, line in enumerate(self.lines):
+                if tuple(line.split("\t")[1:]) == event:
+                    return i
+            if time.monotonic() > deadline:
+                self.fail(f"{event} not out of the log FIFO within {timeout}s; lines: {self.lines[-5:]}")
+            time.sleep(0.001)
+
+    def pipe_bytes(self):
+        return struct.unpack("i", fcntl.ioctl(self.rfd, termios.FIONREAD, b"\0\0\0\0"))[0]
+
+    def fill(self):
+        """Fills the (drained) pipe to its last byte: the server's next log write blocks."""
+        self.pump()
+        self.assertEqual((self.pipe_bytes(), bytes(self.pending)), (0, b""), "the pipe holds a partial line")
+        if self.wfd is None:
+            self.wfd = os.open(self.fifo, os.O_WRONLY | os.O_NONBLOCK)
+            self.addCleanup(os.close, self.wfd)
+        n = 0
+        try:  # writes up to PIPE_BUF are all or nothing: whole lines until the next does not fit
+            while True:
+                os.write(self.wfd, b"filler %06d\n" % n)
+                n += 1
+        except BlockingIOError:
+            pass
+        room = self.pipe_size - self.pipe_bytes()
+        if room:  # and the last few bytes
+            os.write(self.wfd, b"#" * (room - 1) + b"\n")
+        with self.assertRaises(BlockingIOError, msg="the pipe is not full"):
+            os.write(self.wfd, b"\n")
+
+    def assert_blocked_before_sending(self, server, receiver, what):
+        """The server is stuck writing its log line: `receiver` must have received nothing."""
+        deadline = time.monotonic() + TIMEOUT
+        while server_blocked_on_pipe(server.p.pid) is False:  # None: cannot tell, rely on the wait below
+            self.assertLess(time.monotonic(), deadline, "the server never blocked writing its log")
+            time.sleep(0.001)
+        if select.select([receiver], [], [], 0.3)[0]:
+            self.fail(f"{what} arrived ({receiver.recv(200, socket.MSG_PEEK)!r}) while its log line "
+                      f"could not be written: sent before it was logged")
+
+    def test_lines_are_written_before_the_turn_sends(self):
+        server, port = self.start_attack_server(log=self.fifo)
+        alice = self.join(port, "alice")
+        self.drain_until(("join", "alice", f"127.0.0.1:{alice.getsockname()[1]}"))
+        bob = self.join(port, "bob")
+        self.drain_until(("join", "bob", f"127.0.0.1:{bob.getsockname()[1]}"))
+        self.expect(alice, "server", "bob joined", skip_notices=False)
+
+        # A message: logged, and only then relayed.
+        self.fill()
+        text = "logged before it is sent"
+        self.send_text(alice, text)
+        wait_until_read(alice)  # the server has it: in this turn it logs it, then relays it
+        self.assert_blocked_before_sending(server, bob, "alice's message")
+        first = len(self.lines)
+        at = self.drain_until(("message", "alice", text))  # bob has still received nothing ...
+        self.assertEqual([line for line in self.lines[first:at] if "\t" in line], [])  # filler only
+        self.expect(bob, "alice", text, skip_notices=False)  # ... until its line is out
+
+        # A leave: logged, and only then announced.
+        self.fill()
+        bob.shutdown(socket.SHUT_WR)
+        self.assert_blocked_before_sending(server, alice, "the notice of bob's leave")
+        first = len(self.lines)
+        at = self.drain_until(("leave", "bob", "left"))
+        self.assertEqual([line for line in self.lines[first:at] if "\t" in line], [])  # filler only
+        self.expect(alice, "server", "bob left", skip_notices=False)
+        self.assertEqual(recv_until_closed(bob), b"")
+        self.assertEqual(self.events()[2:], [("message", "alice", text), ("leave", "bob", "left")])
 
 
 # =============================================================================================

@@ -12,12 +12,11 @@ import os
 import signal
 import socket
 import sys
-import time
 
 sys.dont_write_bytecode = True  # no __pycache__ in the repository
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from harness import (ChatTestCase, build_demos, frame, main, recv_exactly, recv_frame,  # noqa: E402
-                     recv_until_closed)
+from harness import (HOST, ChatTestCase, NotReadError, build_demos, frame, main,  # noqa: E402
+                     needs_proc_net_tcp, recv_exactly, recv_frame, recv_until_closed, wait_until_read)
 
 
 def setUpModule():
@@ -101,13 +100,14 @@ class RawAgainstDemoServer(ChatTestCase):
         bob.sendall(b"10        h\xc3\xa9llo \xe2\x9c\x93")
         self.assertEqual(recv_exactly(alice, 34), b"4         b\xc3\xb8b" b"10        h\xc3\xa9llo \xe2\x9c\x93")
 
+    @needs_proc_net_tcp
     def test_frames_split_and_batched_like_tcp_may_deliver_them(self):
         alice = self.join("alice")
         bob = self.raw_connect(self.port)
         # The name frame in three pieces, then two messages glued together in one send.
         for piece in (b"3    ", b"     b", b"ob"):
             bob.sendall(piece)
-            time.sleep(0.02)  # let each piece travel on its own
+            wait_until_read(bob)  # the server has read this piece: the next comes in a read of its own
         bob.sendall(b"3         one" b"3         two")
         recv_frame(bob)
         recv_frame(bob)  # server + welcome
@@ -158,6 +158,34 @@ class RawAgainstDemoServer(ChatTestCase):
         s.shutdown(socket.SHUT_WR)
         self.assertEqual(recv_until_closed(s), b"6         server" b"36        welcome, ghost! 0 other users online")
         self.server.wait_for("ghost left\n")
+
+
+@needs_proc_net_tcp
+class WaitUntilRead(ChatTestCase):
+    """The harness's wait_until_read, checked against a peer that reads when the test says so:
+    it must time out while bytes are unread, and return once they have all been read."""
+
+    def test_it_waits_for_the_peer_program_to_read(self):
+        listener = socket.socket()
+        self.addCleanup(listener.close)
+        listener.bind((HOST, 0))
+        listener.listen(1)
+        sender = self.raw_connect(listener.getsockname()[1])
+        sender.sendall(b"x" * 1000)
+        with self.assertRaises(NotReadError):  # still in the accept queue: nobody has read it
+            wait_until_read(sender, timeout=0.3)
+        peer, _ = listener.accept()
+        self.addCleanup(peer.close)
+        self.assertEqual(recv_exactly(peer, 600), b"x" * 600)
+        with self.assertRaises(NotReadError):  # 400 bytes still unread
+            wait_until_read(sender, timeout=0.3)
+        self.assertEqual(recv_exactly(peer, 400), b"x" * 400)
+        self.assertLess(wait_until_read(sender, timeout=1.0), 1.0)
+        sender.sendall(b"y")
+        with self.assertRaises(NotReadError):
+            wait_until_read(sender, timeout=0.1)
+        self.assertEqual(recv_exactly(peer, 1), b"y")
+        wait_until_read(sender, timeout=1.0)
 
 
 # ============================================================================================

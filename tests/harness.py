@@ -20,6 +20,7 @@ import shlex
 import shutil
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import tempfile
@@ -370,6 +371,91 @@ def recv_until_closed(sock, timeout=TIMEOUT):
         if not chunk:
             return data
         data += chunk
+
+
+# ---- what the server has read, seen from /proc/net/tcp ----------------------------------------
+PROC_NET_TCP = ("/proc/net/tcp", "/proc/net/tcp6")
+HAVE_PROC_NET_TCP = os.path.exists(PROC_NET_TCP[0])
+_SKIPPED_STATES = {0x03, 0x06}  # SYN_RECV (a request, no socket yet) and TIME_WAIT: no queues
+
+
+class NotReadError(AssertionError):
+    """wait_until_read's deadline passed with bytes still unread (a test failure, not an error)."""
+
+
+def _address(raw, port):
+    """(address bytes, port), an IPv4-mapped IPv6 address reduced to its 4 IPv4 bytes."""
+    if len(raw) == 16 and raw[:12] == bytes(10) + b"\xff\xff":
+        raw = raw[12:]
+    return raw, port
+
+
+def _socket_address(addr):
+    """getsockname()/getpeername() of an AF_INET or AF_INET6 socket, as _address()."""
+    host = addr[0].split("%", 1)[0]  # an IPv6 scope id is not part of the address
+    return _address(socket.inet_pton(socket.AF_INET6 if ":" in host else socket.AF_INET, host), addr[1])
+
+
+def _proc_address(text):
+    """An address of /proc/net/tcp{,6}: the address as hex 32-bit words, each printed from the
+    host's memory order (127.0.0.1 is "0100007F" on a little-endian machine), a colon, the port
+    in hex. tcp6 shows an IPv4 client of a dual-stack socket as ::ffff:a.b.c.d."""
+    host, port = text.split(":")
+    raw = b"".join(struct.pack("=I", int(host[i:i + 8], 16)) for i in range(0, len(host), 8))
+    return _address(raw, int(port, 16))
+
+
+def tcp_queues(local, remote):
+    """[(state, tx_queue, rx_queue)] of every socket in /proc/net/tcp and /proc/net/tcp6 from
+    `local` to `remote` (_socket_address form), TIME_WAIT and SYN_RECV entries left out. For an
+    established socket, tx_queue is what it sent and the peer's kernel has not acknowledged,
+    rx_queue what arrived and its program has not read yet."""
+    found = []
+    ports = (f":{local[1]:04X}", f":{remote[1]:04X}")  # a cheap first look at each line
+    for path in PROC_NET_TCP:
+        try:
+            with open(path) as f:
+                lines = f.read().splitlines()[1:]
+        except FileNotFoundError:
+            continue  # no IPv6
+        for line in lines:
+            fields = line.split()
+            if len(fields) < 5 or not (fields[1].endswith(ports[0]) and fields[2].endswith(ports[1])):
+                continue
+            if int(fields[3], 16) in _SKIPPED_STATES:
+                continue
+            if _proc_address(fields[1]) == local and _proc_address(fields[2]) == remote:
+                tx, rx = fields[4].split(":")
+                found.append((int(fields[3], 16), int(tx, 16), int(rx, 16)))
+    return found
+
+
+def wait_until_read(sock, timeout=TIMEOUT):
+    """Waits until the program at the other end of a connected TCP socket (the server) has
+    read everything sent on `sock` so far: in /proc/net/tcp, `sock`'s own line shows tx_queue 0
+    (all of it acknowledged by the peer's kernel) and the peer's socket for this connection
+    shows rx_queue 0 (its program has read it all). So the next bytes sent arrive in a read of
+    their own. Polls every millisecond; returns the seconds it waited. Raises NotReadError at
+    the deadline (or while the peer has no socket for the connection, e.g. after it closed it),
+    unittest.SkipTest where there is no /proc/net/tcp. Works for a program under wine as well:
+    its sockets are Linux sockets."""
+    if not HAVE_PROC_NET_TCP:
+        raise unittest.SkipTest("no /proc/net/tcp: cannot tell what the server has read")
+    local, remote = _socket_address(sock.getsockname()), _socket_address(sock.getpeername())
+    start = time.monotonic()
+    while True:
+        mine, theirs = tcp_queues(local, remote), tcp_queues(remote, local)
+        if mine and theirs and all(tx == 0 for _, tx, _ in mine) and all(rx == 0 for _, _, rx in theirs):
+            return time.monotonic() - start
+        if time.monotonic() - start > timeout:
+            raise NotReadError(
+                f"the peer has not read everything sent from {sock.getsockname()} to {sock.getpeername()} "
+                f"within {timeout}s; (state, tx_queue, rx_queue) here {mine}, at the peer {theirs}")
+        time.sleep(0.001)
+
+
+# For a test that calls wait_until_read: skipped at once, not at its first call.
+needs_proc_net_tcp = unittest.skipUnless(HAVE_PROC_NET_TCP, "no /proc/net/tcp: cannot tell what the server has read")
 
 
 def skip_if_windows_server(reason):
