@@ -7,15 +7,23 @@
 #include <doctest/doctest.h>
 
 #include <algorithm>
+#include <cstdio>
 #include <fstream>
+#include <functional>
 #include <memory>
 #include <string>
 #include <utility>
 #include <vector>
 
 #if !defined(_WIN32)
+#  include <fcntl.h>
+#  include <signal.h>
 #  include <sys/resource.h>
+#  include <sys/stat.h>
+#  include <sys/wait.h>
+#  include <unistd.h>
 #  include <atomic>
+#  include <cerrno>
 #  include <thread>
 #endif
 
@@ -63,6 +71,117 @@ std::size_t count_messages(const ChatUser& u, std::string_view from, std::string
     for (const auto& m : u.inbox) n += m.from == from && m.text == text;
     return n;
 }
+
+// The log line of the first event of this kind ("refused", "error" ...), split at its tabs.
+std::vector<std::string> log_row(const std::string& path, const std::string& event) {
+    for (const auto& line : cst::split_lines(cst::read_file(path))) {
+        auto fields = cst::split_tabs(line);
+        if (fields.size() == 4 && fields[1] == event) return fields;
+    }
+    return {};
+}
+
+// "127.0.0.1:<port>": how the server names the peer of a socket connected to it over IPv4.
+std::string peer_of(chatsock::socket_t s) {
+    return "127.0.0.1:" + std::to_string(chatsock::local_port(s));
+}
+
+// Whether this machine has an IPv6 loopback: plain system calls, not chatsock's, bind ::1.
+bool have_ipv6_loopback() {
+    chatsock::detail::start_network();
+    chatsock::Socket s(::socket(AF_INET6, SOCK_STREAM, 0));
+    if (!s) return false;
+    sockaddr_in6 addr{};
+    addr.sin6_family = AF_INET6;
+    addr.sin6_addr.s6_addr[15] = 1;  // ::1, port 0
+    const auto len = static_cast<socklen_t>(sizeof addr);
+    return ::bind(s.get(), reinterpret_cast<const sockaddr*>(&addr), len) == 0;
+}
+
+// The id of the joined user with this name (no_client if none).
+chatsock::ClientId id_of(const chatsock::Server& server, const std::string& name) {
+    for (const auto& c : server.clients())
+        if (c.name == name) return c.id;
+    return chatsock::no_client;
+}
+
+#if !defined(_WIN32)
+// Runs server.run() on a thread of its own. However the test ends, the destructor stops the
+// server and joins the thread (calling `while_stopping`, if given, as it waits).
+class ServerThread {
+public:
+    explicit ServerThread(chatsock::Server& server, std::function<void()> while_stopping = {})
+        : server_(server), while_stopping_(std::move(while_stopping)) {
+        thread_ = std::thread([this] {
+            server_.run();
+            returned_.store(true);
+        });
+    }
+    ~ServerThread() {
+        server_.stop();
+        const auto deadline = Clock::now() + cst::default_limit;
+        while (!returned_.load() && Clock::now() < deadline) {
+            if (while_stopping_) while_stopping_();
+            cst::sleep_ms(5);
+        }
+        thread_.join();
+    }
+    ServerThread(const ServerThread&) = delete;
+    ServerThread& operator=(const ServerThread&) = delete;
+    bool returned() const { return returned_.load(); }
+
+private:
+    chatsock::Server& server_;
+    std::function<void()> while_stopping_;
+    std::atomic<bool> returned_{false};
+    std::thread thread_;
+};
+
+// Runs `check` in a child process, so it can change process-wide settings (the descriptor
+// limit) without touching this one. `check` returns "" when all is well, else what went wrong;
+// this returns the same, or why the child did not report (crashed, hung).
+std::string run_in_child(const std::function<std::string()>& check) {
+    int report[2];
+    if (::pipe(report) != 0) return "pipe() failed";
+    std::fflush(nullptr);  // nothing buffered to be written twice, should the child flush
+    const pid_t pid = ::fork();
+    if (pid < 0) return "fork() failed";
+    if (pid == 0) {
+        ::close(report[0]);
+        std::string result;
+        try {
+            result = check();
+        } catch (...) {
+            result = "the check threw an exception";
+        }
+        if (!result.empty()) (void)!::write(report[1], result.data(), result.size());
+        ::_exit(result.empty() ? 0 : 3);  // no atexit handlers, no doctest report in the child
+    }
+    ::close(report[1]);
+    int status = 0;
+    bool exited = false;
+    for (const auto deadline = Clock::now() + cst::default_limit; Clock::now() < deadline;) {
+        if (::waitpid(pid, &status, WNOHANG) == pid) { exited = true; break; }
+        cst::sleep_ms(5);
+    }
+    if (!exited) {
+        ::kill(pid, SIGKILL);
+        ::waitpid(pid, &status, 0);
+    }
+    std::string said;
+    char buf[512];
+    ssize_t n;
+    while ((n = ::read(report[0], buf, sizeof buf)) > 0)
+        said.append(buf, static_cast<std::size_t>(n));
+    ::close(report[0]);
+    if (!exited) return "the child did not finish in time";
+    if (WIFSIGNALED(status))
+        return "the child was killed by signal " + std::to_string(WTERMSIG(status));
+    if (WEXITSTATUS(status) != 0 && said.empty())
+        return "the child exited with status " + std::to_string(WEXITSTATUS(status));
+    return said;
+}
+#endif
 
 }  // namespace
 
@@ -218,6 +337,52 @@ TEST_CASE("refused names: the client is told why and closed") {
     REQUIRE(cst::pump(server, [&] { return alice.got("bob", "still here"); }, alice, bob));
 }
 
+TEST_CASE("a name is free again once its user has left, in any ASCII case") {
+    chatsock::Server server(cst::quiet_options());
+    Leaves leaves(server);
+    const auto port = cst::start(server);
+    ChatUser bob;
+    cst::join_wait(server, bob, port, "bob");
+    // Joins `name`: true once welcomed, false once refused and closed.
+    auto joins = [&](ChatUser& u, const std::string& name) {
+        REQUIRE_FALSE(u.join(port, name));
+        REQUIRE(cst::pump(server, [&] {
+            return u.got_text_starting("welcome, ") || !u.client.is_open();
+        }, u, bob));
+        return u.client.is_open();
+    };
+    auto refused_as_taken = [&](const std::string& name) {
+        ChatUser u;
+        CHECK_FALSE(joins(u, name));
+        CHECK(u.got("server", "name refused: the name \"" + name + "\" is taken"));
+    };
+
+    // "Alice", not "alice": the server must free the name in the case it keeps names in.
+    RawPeer first;
+    cst::raw_join(server, first, port, "Alice");
+    refused_as_taken("ALICE");
+    refused_as_taken("alice");
+    SUBCASE("she finishes") { first.shutdown_send(); }
+    SUBCASE("her connection is reset") { first.reset(); }
+    SUBCASE("the server disconnects her") { server.disconnect(id_of(server, "Alice"), "bye"); }
+    SUBCASE("a protocol error cuts her off") { REQUIRE(first.send("abc       ")); }
+    REQUIRE(cst::pump(server, [&] { return leaves.size() == 1; }, bob, first));
+    CHECK(leaves[0].name == "Alice");
+    CHECK(server.client_count() == 1);
+
+    // Her name is free again, in another case; while that user is joined it is taken again.
+    ChatUser second;
+    CHECK(joins(second, "alice"));
+    refused_as_taken("ALICE");
+    second.client.finish();
+    REQUIRE(cst::pump(server, [&] { return leaves.size() == 2; }, bob, second));
+    ChatUser third;
+    CHECK(joins(third, "Alice"));
+    CHECK(server.client_count() == 2);
+    REQUIRE(cst::pump(server, [&] { return count_messages(bob, "server", "Alice joined") == 2; },
+                      bob, third));
+}
+
 TEST_CASE("the 32-byte name limit is in bytes and configurable") {
     auto options = cst::quiet_options();
     options.max_name_bytes = 8;
@@ -260,18 +425,26 @@ TEST_CASE("a connection that sends no username in time is told and closed") {
 }
 
 TEST_CASE("max_clients: connections beyond it are told and closed") {
+    cst::TempDir dir;
     auto options = cst::quiet_options();
     options.max_clients = 2;
+    options.log_path = dir.file("chat.log");
     chatsock::Server server(options);
     const auto port = cst::start(server);
     ChatUser alice, bob, carol;
     cst::join_wait(server, alice, port, "alice");
     cst::join_wait(server, bob, port, "bob");
     REQUIRE_FALSE(carol.join(port, "carol"));
+    const std::string carol_peer = peer_of(carol.client.socket());
     REQUIRE(cst::pump(server, [&] { return !carol.client.is_open(); }, carol));
     REQUIRE(carol.inbox.size() == 1);
     CHECK(carol.inbox[0].from == "server");
     CHECK(carol.inbox[0].text == "the server is full (2 clients)");
+    // The log names the refused connection by its address.
+    const auto row = log_row(options.log_path, "refused");
+    REQUIRE(row.size() == 4);
+    CHECK(row[2] == carol_peer);
+    CHECK(row[3] == "server full");
     CHECK(server.client_count() == 2);
     REQUIRE(cst::pump(server, [&] { return server.connection_count() == 2; }, alice, bob));
     CHECK_FALSE(alice.got("server", "carol joined"));
@@ -322,47 +495,90 @@ TEST_CASE("announce_up_to: joins and leaves are announced only in rooms up to th
 }
 
 #if !defined(_WIN32)
-// Restores the soft descriptor limit a test changed.
-struct SoftLimitGuard {
-    rlimit saved{};
-    SoftLimitGuard() { REQUIRE(::getrlimit(RLIMIT_NOFILE, &saved) == 0); }
-    ~SoftLimitGuard() { ::setrlimit(RLIMIT_NOFILE, &saved); }
-    static rlim_t soft() { rlimit r{}; ::getrlimit(RLIMIT_NOFILE, &r); return r.rlim_cur; }
-    static void set_soft(rlim_t n) { rlimit r{}; ::getrlimit(RLIMIT_NOFILE, &r); r.rlim_cur = n; REQUIRE(::setrlimit(RLIMIT_NOFILE, &r) == 0); }
-};
+// The descriptor limit is process-wide, so each test sets a known one in a child process and
+// checks the server there (see run_in_child).
+//
+// Sets the soft limit to `soft` and the hard one to `hard`; returns the hard limit now in force
+// (0: none could be set). Lowering the hard limit is always allowed, except under valgrind,
+// which refuses any change to it: there the hard limit stays as it is.
+rlim_t set_descriptor_limit(rlim_t soft, rlim_t hard) {
+    rlimit r{};
+    r.rlim_cur = soft;
+    r.rlim_max = hard;
+    if (::setrlimit(RLIMIT_NOFILE, &r) == 0) return hard;
+    ::getrlimit(RLIMIT_NOFILE, &r);
+    r.rlim_cur = soft;
+    if (::setrlimit(RLIMIT_NOFILE, &r) != 0) return 0;
+    return r.rlim_max;
+}
+
+// Whether this process may set a hard descriptor limit of `hard` (only lowering is allowed).
+bool hard_limit_at_least(rlim_t hard) {
+    rlimit r{};
+    if (::getrlimit(RLIMIT_NOFILE, &r) != 0) return false;
+    return r.rlim_max == RLIM_INFINITY || r.rlim_max >= hard;
+}
+
+rlim_t soft_descriptor_limit() {
+    rlimit r{};
+    ::getrlimit(RLIMIT_NOFILE, &r);
+    return r.rlim_cur;
+}
 
 TEST_CASE("listen() raises the descriptor limit to fit max_clients") {
-    SoftLimitGuard guard;
-    if (guard.saved.rlim_max != RLIM_INFINITY && guard.saved.rlim_max < 1000) return;  // no room to test in
-    std::vector<std::string> lines;
-    auto options = cst::capturing_options(lines);
-    options.max_clients = 500;
-    SoftLimitGuard::set_soft(100);
-    chatsock::Server server(options);
-    cst::start(server);
-    CHECK(SoftLimitGuard::soft() >= 532);  // the clients plus a reserve for the server's own
-    CHECK(server.options().max_clients == 500);
-    CHECK_FALSE(has_line(lines, "descriptor limit"));
+    if (!hard_limit_at_least(600)) return cst::skip("the hard descriptor limit is under 600");
+    const std::string failed = run_in_child([]() -> std::string {
+        std::vector<std::string> lines;
+        auto options = cst::capturing_options(lines);
+        options.max_clients = 500;
+        const rlim_t hard = set_descriptor_limit(100, 600);
+        if (hard == 0) return "cannot set the descriptor limit";
+        if (hard == RLIM_INFINITY || hard < 600) return "a hard limit of " + std::to_string(hard);
+        chatsock::Server server(options);
+        if (server.listen()) return "listen() failed";
+        // The clients plus a reserve for the server's own descriptors.
+        const rlim_t soft = soft_descriptor_limit();
+        if (soft < 532) return "the soft limit is " + std::to_string(soft) + ", not 532 or more";
+        if (server.options().max_clients != 500)
+            return "max_clients became " + std::to_string(server.options().max_clients);
+        if (has_line(lines, "descriptor limit")) return "a descriptor limit line was printed";
+        return "";
+    });
+    CHECK(failed == "");
 }
 
 TEST_CASE("listen() lowers max_clients to what the descriptor limit allows, and says so") {
-    SoftLimitGuard guard;
-    if (guard.saved.rlim_max == RLIM_INFINITY || guard.saved.rlim_max > (1u << 22)) return;  // unbounded
-    std::vector<std::string> lines;
-    auto options = cst::capturing_options(lines);
-    const auto hard = static_cast<std::size_t>(guard.saved.rlim_max);
-    options.max_clients = hard;  // can't fit with the server's own descriptors
-    chatsock::Server server(options);
-    cst::start(server);
-    CHECK(SoftLimitGuard::soft() == guard.saved.rlim_max);  // raised as far as it goes
-    CHECK(server.options().max_clients == hard - 32);
-    CHECK(has_line(lines, "the descriptor limit (ulimit -n) is " + std::to_string(hard) + ": accepting " +
-                              std::to_string(hard - 32) + " clients, not max_clients " + std::to_string(hard)));
+    if (!hard_limit_at_least(256)) return cst::skip("the hard descriptor limit is under 256");
+    const std::string failed = run_in_child([]() -> std::string {
+        const rlim_t hard = set_descriptor_limit(100, 256);
+        if (hard == 0) return "cannot set the descriptor limit";
+        if (hard == RLIM_INFINITY || hard < 256) return "a hard limit of " + std::to_string(hard);
+        const auto n = static_cast<std::size_t>(hard);
+        std::vector<std::string> lines;
+        auto options = cst::capturing_options(lines);
+        options.max_clients = n;  // can't fit with the server's own descriptors
+        chatsock::Server server(options);
+        if (server.listen()) return "listen() failed";
+        const rlim_t soft = soft_descriptor_limit();  // raised as far as it goes
+        if (soft != hard)
+            return "the soft limit is " + std::to_string(soft) + ", not " + std::to_string(hard);
+        if (server.options().max_clients != n - 32)
+            return "max_clients became " + std::to_string(server.options().max_clients);
+        const std::string said = "the descriptor limit (ulimit -n) is " + std::to_string(n) +
+                                 ": accepting " + std::to_string(n - 32) +
+                                 " clients, not max_clients " + std::to_string(n);
+        if (!has_line(lines, said)) return "no line \"" + said + "\"";
+        return "";
+    });
+    CHECK(failed == "");
 }
 #endif
 
 TEST_CASE("a protocol error disconnects that client only") {
-    chatsock::Server server(cst::quiet_options());
+    cst::TempDir dir;
+    auto options = cst::quiet_options();
+    options.log_path = dir.file("chat.log");
+    chatsock::Server server(options);
     Leaves leaves(server);
     const auto port = cst::start(server);
     ChatUser alice, bob;
@@ -386,11 +602,17 @@ TEST_CASE("a protocol error disconnects that client only") {
     SUBCASE("a bad header instead of a username") {
         RawPeer mallory;
         mallory.connect(port);
+        const std::string peer = peer_of(mallory.get());
         REQUIRE(mallory.send("-1        "));
         REQUIRE(cst::pump(server, [&] { return mallory.ended(); }, mallory, alice, bob));
         REQUIRE(mallory.messages.size() == 1);
         CHECK(mallory.messages[0].text == "protocol error: bad frame header \"-1        \"");
         CHECK(leaves.empty());  // never joined
+        // Logged under its address, as it has no name yet.
+        const auto row = log_row(options.log_path, "error");
+        REQUIRE(row.size() == 4);
+        CHECK(row[2] == peer);
+        CHECK(row[3] == "protocol error: bad frame header \"-1        \"");
     }
     SUBCASE("a header over the payload limit, refused before the payload") {
         RawPeer mallory;
@@ -401,13 +623,52 @@ TEST_CASE("a protocol error disconnects that client only") {
         REQUIRE(leaves.size() == 1);
         CHECK(leaves[0].reason == "protocol error: frame of 9999999999 bytes is over the limit of 65536");
     }
-    SUBCASE("one byte over a configured limit") {
+    SUBCASE("one byte over the default limit") {
         RawPeer mallory;
         cst::raw_join(server, mallory, port, "mallory");
         REQUIRE(mallory.send("65537     "));
         REQUIRE(cst::pump(server, [&] { return mallory.ended(); }, mallory, alice, bob));
         CHECK(mallory.messages.back().text == "protocol error: frame of 65537 bytes is over the limit of 65536");
     }
+    CHECK(server.client_count() == 2);
+    REQUIRE_FALSE(alice.client.send("unaffected"));
+    REQUIRE(cst::pump(server, [&] { return bob.got("alice", "unaffected"); }, alice, bob));
+    CHECK(alice.client.is_open());
+    CHECK(bob.client.is_open());
+}
+
+TEST_CASE("max_payload: a frame of that size is relayed whole, one byte more is refused") {
+    auto options = cst::quiet_options();
+    options.max_payload = 100;
+    chatsock::Server server(options);
+    Leaves leaves(server);
+    const auto port = cst::start(server);
+    ChatUser alice, bob;
+    cst::join_wait(server, alice, port, "alice");
+    cst::join_wait(server, bob, port, "bob");
+    RawPeer mallory;
+    cst::raw_join(server, mallory, port, "mallory");
+
+    const std::string largest = std::string(99, 'm') + "!";  // exactly max_payload bytes
+    REQUIRE(mallory.send_frame(largest));
+    REQUIRE(cst::pump(server, [&] {
+        return alice.got("mallory", largest) && bob.got("mallory", largest);
+    }, alice, bob, mallory));
+    // A header announcing 101 bytes is refused at once, before any of its payload.
+    REQUIRE(mallory.send("101       "));
+    REQUIRE(cst::pump(server, [&] { return mallory.ended(); }, mallory, alice, bob));
+    const std::string reason = "protocol error: frame of 101 bytes is over the limit of 100";
+    REQUIRE_FALSE(mallory.messages.empty());
+    CHECK(mallory.messages.back().from == "server");
+    CHECK(mallory.messages.back().text == reason);
+    REQUIRE(leaves.size() == 1);
+    CHECK(leaves[0].name == "mallory");
+    CHECK(leaves[0].reason == reason);
+    const std::string notice = "mallory left (" + reason + ")";
+    REQUIRE(cst::pump(server, [&] {
+        return alice.got("server", notice) && bob.got("server", notice);
+    }, alice, bob));
+    // The others are unaffected.
     CHECK(server.client_count() == 2);
     REQUIRE_FALSE(alice.client.send("unaffected"));
     REQUIRE(cst::pump(server, [&] { return bob.got("alice", "unaffected"); }, alice, bob));
@@ -696,7 +957,7 @@ TEST_CASE("the soft output limit disconnects a client that stays over it for sof
     auto options = cst::quiet_options();
     options.output_hard_limit = std::size_t(1) << 30;
     options.output_soft_limit = 256 * 1024;
-    options.soft_limit_time = milliseconds(200);
+    options.soft_limit_time = milliseconds(300);
     chatsock::Server server(options);
     std::vector<Leave> leaves;
     Clock::time_point left_at{};
@@ -709,31 +970,49 @@ TEST_CASE("the soft output limit disconnects a client that stays over it for sof
     cst::join_wait(server, alice, port, "alice");
     RawPeer slow;
     cst::raw_join(server, slow, port, "slow");
+    slow.set_receive_buffer(4096);
     cst::join_wait(server, bob, port, "bob");
+    // Connected for longer than soft_limit_time before it falls behind: the time counts from
+    // when its queue goes over the limit, not from the connection.
+    cst::run_for(milliseconds(400), server, alice, bob, slow);
+    REQUIRE(leaves.empty());
 
-    const auto t0 = Clock::now();
-    auto sent = send_in_batches(server, alice, bob, 1024);
-    // Keep the conversation going until the soft limit's time has run out.
-    for (int round = 0; leaves.empty() && round < 100; ++round) {
-        auto more = send_in_batches(server, alice, bob, 4);
-        sent.insert(sent.end(), more.begin(), more.end());
+    // One 16 MiB message, far more than the soft limit plus what the kernel buffers: the queue
+    // goes over the limit inside send_to(), and slow never reads from now on.
+    const std::string big(std::size_t(16) << 20, 'x');
+    const auto slow_id = id_of(server, "slow");
+    const auto over_at = Clock::now();
+    server.send_to(slow_id, big);
+    // The chat goes on meanwhile.
+    std::vector<std::string> sent;
+    const auto deadline = Clock::now() + cst::default_limit;
+    while (leaves.empty() && Clock::now() < deadline) {
+        sent.push_back("tick " + std::to_string(sent.size()));
+        REQUIRE_FALSE(alice.client.send(sent.back()));
+        REQUIRE(cst::pump(server, [&] { return bob.got("alice", sent.back()); }, alice, bob));
         cst::run_for(milliseconds(20), server, alice, bob);
     }
     REQUIRE(leaves.size() == 1);
     CHECK(leaves[0].name == "slow");
-    CHECK(leaves[0].reason == "too slow: output queue over 262144 bytes for 200 ms");
-    CHECK(std::chrono::duration_cast<milliseconds>(left_at - t0).count() >= 190);
-    REQUIRE(cst::pump(server, [&] { return bob.got("server", "slow left (too slow: output queue over 262144 bytes for 200 ms)"); },
+    const std::string reason = "too slow: output queue over 262144 bytes for 300 ms";
+    CHECK(leaves[0].reason == reason);
+    const auto after = std::chrono::duration_cast<milliseconds>(left_at - over_at).count();
+    CHECK(after >= 300);  // not before soft_limit_time has passed ...
+    CHECK(after < 2300);  // ... and not much later
+    REQUIRE(cst::pump(server, [&] { return bob.got("server", "slow left (" + reason + ")"); },
                       alice, bob));
     CHECK(bob.texts_from("alice") == sent);
-    REQUIRE(cst::pump(server, [&] { return slow.ended(); }, slow));
+    CHECK(alice.client.is_open());
+    CHECK(bob.client.is_open());
+    // Its connection is gone (slow itself would take long to read what is still in flight).
+    REQUIRE(cst::pump(server, [&] { return server.connection_count() == 2; }, alice, bob));
 }
 
 TEST_CASE("a burst over the soft limit is tolerated if the client catches up in time") {
     auto options = cst::quiet_options();
     options.output_hard_limit = std::size_t(1) << 30;
     options.output_soft_limit = 64 * 1024;
-    options.soft_limit_time = milliseconds(4000);
+    options.soft_limit_time = milliseconds(800);
     chatsock::Server server(options);
     Leaves leaves(server);
     const auto port = cst::start(server);
@@ -742,25 +1021,43 @@ TEST_CASE("a burst over the soft limit is tolerated if the client catches up in 
     RawPeer lagging;
     cst::raw_join(server, lagging, port, "lagging");
 
-    // 12 MiB while the peer does not read: far more than the kernel buffers hold, so the
-    // server's queue for it goes over the soft limit ...
-    constexpr int count = 768;
-    for (int i = 0; i < count; ++i)
-        REQUIRE_FALSE(alice.client.send(std::to_string(i) + ":" + std::string(16 * 1024, 'b')));
-    REQUIRE(cst::pump(server, [&] { return alice.client.queued_bytes() == 0; }, alice));
+    // One 8 MiB message: lagging's queue goes over the soft limit inside send_to(), and stays
+    // over while lagging does not read (the kernel buffers hold a few MiB at most) ...
+    const std::string big(std::size_t(8) << 20, 'b');
+    const auto over_at = Clock::now();
+    server.send_to(id_of(server, "lagging"), big);
     cst::run_for(milliseconds(100), server, alice);
-    // ... then it reads everything, well within soft_limit_time.
+    // ... then it catches up, well within soft_limit_time.
+    REQUIRE(cst::pump(server, [&] {
+        return !lagging.messages.empty() && lagging.messages.back().text.size() == big.size();
+    }, alice, lagging));
+    const auto caught_up_at = Clock::now();
+    const auto catch_up_ms = cst::elapsed_ms(over_at);
+    INFO("caught up ", catch_up_ms, " ms after going over");
+    CHECK(lagging.messages.back().text == big);
+
+    // The chat goes on until soft_limit_time has long passed, since it went over and since it
+    // caught up: it stays connected and gets everything.
+    std::vector<std::string> sent;
     auto from_alice = [&] {
-        std::size_t n = 0;
-        for (const auto& m : lagging.messages) n += m.from == "alice";
-        return n;
+        std::vector<std::string> texts;
+        for (const auto& m : lagging.messages)
+            if (m.from == "alice") texts.push_back(m.text);
+        return texts;
     };
-    INFO("lagging has ", from_alice(), " of ", count);
-    REQUIRE(cst::pump(server, [&] { return from_alice() == count; }, alice, lagging));
+    while (Clock::now() < caught_up_at + options.soft_limit_time + milliseconds(300)) {
+        sent.push_back("tick " + std::to_string(sent.size()));
+        REQUIRE_FALSE(alice.client.send(sent.back()));
+        REQUIRE(cst::pump(server, [&] {
+            return from_alice().size() == sent.size() || lagging.ended();
+        }, alice, lagging));
+        REQUIRE_FALSE(lagging.ended());
+        cst::run_for(milliseconds(50), server, alice, lagging);
+    }
+    CHECK(from_alice() == sent);
     CHECK_FALSE(lagging.ended());
     CHECK(leaves.empty());
     CHECK(server.client_count() == 2);
-    for (int i = 0; i < count; ++i) CHECK(lagging.messages[lagging.messages.size() - count + static_cast<std::size_t>(i)].text.rfind(std::to_string(i) + ":", 0) == 0);
 }
 
 TEST_CASE("the conversation log: one tab-separated line per event, UTC timestamps") {
@@ -892,6 +1189,108 @@ TEST_CASE("a relayed message is already in the log when the receiver gets it") {
     CHECK(leave_logged);
 }
 
+#if !defined(_WIN32)
+namespace {
+
+// Appends whatever a non-blocking descriptor has to read now to `text`.
+void read_available(int fd, std::string& text) {
+    char buf[4096];
+    for (;;) {
+        const ssize_t n = ::read(fd, buf, sizeof buf);
+        if (n > 0) text.append(buf, static_cast<std::size_t>(n));
+        else if (n < 0 && errno == EINTR) continue;
+        else return;  // empty for now
+    }
+}
+
+// Fills a pipe through a non-blocking write end, to the last byte: a later write of any size
+// blocks until someone reads. The filler is whole lines ("filler", then empty ones).
+void fill_pipe(int fd) {
+    const std::string line = "filler " + std::string(56, '.') + "\n";
+    for (int i = 0; i < 1 << 16; ++i)
+        if (::write(fd, line.data(), line.size()) < 0) break;
+    // What the last lines left free: byte by byte, or the kernel would fit a short write in.
+    for (int i = 0; i < 1 << 16; ++i)
+        if (::write(fd, "\n", 1) < 0) break;
+}
+
+struct FdCloser {
+    int fd;
+    ~FdCloser() { if (fd >= 0) ::close(fd); }
+};
+
+}  // namespace
+
+TEST_CASE("a relayed message is not sent before its log line has been written") {
+    // The log is a FIFO that the test fills up, so the server's next write to it blocks until
+    // the test reads. The server runs on a thread of its own; the clients are polled here.
+    cst::TempDir dir;
+    const std::string path = dir.file("chat.log");
+    REQUIRE(::mkfifo(path.c_str(), 0600) == 0);
+    // The read end first, non-blocking, so the server's open() for writing does not wait.
+    FdCloser reader{::open(path.c_str(), O_RDONLY | O_NONBLOCK | O_CLOEXEC)};
+    REQUIRE(reader.fd >= 0);
+#if defined(F_SETPIPE_SZ)
+    ::fcntl(reader.fd, F_SETPIPE_SZ, 4096);  // less to fill; the test works without it too
+#endif
+    std::string log;  // everything read from the pipe
+    auto options = cst::quiet_options();
+    options.log_path = path;
+    options.stop_drain_time = milliseconds(50);  // nobody polls the clients as it stops
+    chatsock::Server server(options);
+    const auto port = cst::start(server);
+    ChatUser alice, bob;
+    cst::StopWatchdog watchdog(server, milliseconds(10000));
+    // Keeps the pipe drained while it stops the server, so no log write holds it up.
+    ServerThread runner(server, [&] { read_available(reader.fd, log); });
+
+    REQUIRE_FALSE(alice.join(port, "alice"));
+    REQUIRE_FALSE(bob.join(port, "bob"));
+    auto deadline = Clock::now() + cst::default_limit;
+    auto joined = [&] {
+        return bob.got_text_starting("welcome, ") && alice.got("server", "bob joined");
+    };
+    while (!joined() && Clock::now() < deadline) {
+        alice.client.poll(milliseconds(5));
+        bob.client.poll(milliseconds(5));
+        read_available(reader.fd, log);
+    }
+    REQUIRE(bob.got_text_starting("welcome, "));
+    REQUIRE(alice.got("server", "bob joined"));
+    read_available(reader.fd, log);
+    REQUIRE(log.find("\tjoin\tbob\t") != std::string::npos);  // written before bob's welcome
+
+    {
+        FdCloser writer{::open(path.c_str(), O_WRONLY | O_NONBLOCK | O_CLOEXEC)};
+        REQUIRE(writer.fd >= 0);
+        fill_pipe(writer.fd);
+    }
+    const std::string text = "logged before it leaves";
+    REQUIRE_FALSE(alice.client.send(text));
+    // While the pipe is full the server cannot log the message, so it must not relay it.
+    const auto until = Clock::now() + milliseconds(300);
+    while (Clock::now() < until) {
+        alice.client.poll(milliseconds(5));
+        bob.client.poll(milliseconds(5));
+    }
+    CHECK(alice.client.queued_bytes() == 0);  // the message did reach the server
+    CHECK_FALSE(bob.got("alice", text));
+
+    // Room in the pipe: the line is written, then the message goes out. Whenever bob has it,
+    // the line must already be in the pipe.
+    deadline = Clock::now() + cst::default_limit;
+    while (!bob.got("alice", text) && Clock::now() < deadline) {
+        read_available(reader.fd, log);
+        bob.client.poll(milliseconds(5));
+    }
+    REQUIRE(bob.got("alice", text));
+    read_available(reader.fd, log);
+    CHECK(log.find("\tmessage\talice\t" + text + "\n") != std::string::npos);
+    CHECK_FALSE(runner.returned());
+    CHECK_FALSE(watchdog.fired());
+}
+#endif
+
 TEST_CASE("the log appends to an existing file") {
     cst::TempDir dir;
     const std::string path = dir.file("chat.log");
@@ -973,54 +1372,45 @@ TEST_CASE("run_once returns after max_wait when nothing happens") {
 }
 
 TEST_CASE("IPv6: a server on ::1 serves clients connecting to ::1") {
+    if (!have_ipv6_loopback()) return cst::skip("no IPv6 loopback: cannot bind a socket to ::1");
     auto options = cst::quiet_options();
     options.host = "::1";
     std::vector<std::string> lines;
     options.diagnostics = [&](std::string_view l) { lines.emplace_back(l); };
     chatsock::Server server(options);
-    if (auto ec = server.listen()) {
-        MESSAGE("skipped: cannot listen on ::1: " << ec.message());
-        return;
-    }
-    const auto port = server.port();
-    REQUIRE(port != 0);
+    const auto port = cst::start(server);  // fails the test: this machine has ::1
+    REQUIRE_FALSE(lines.empty());
     CHECK(lines[0] == "listening on [::1]:" + std::to_string(port) + " (" + chatsock::Poller::backend() + ")");
     ChatUser alice, bob;
     cst::join_wait(server, alice, port, "alice", "::1");
     cst::join_wait(server, bob, port, "bob", "::1");
     REQUIRE_FALSE(alice.client.send("over v6"));
     REQUIRE(cst::pump(server, [&] { return bob.got("alice", "over v6"); }, alice, bob));
-    for (const auto& c : server.clients()) CHECK(c.peer.rfind("[::1]:", 0) == 0);
+    const auto clients = server.clients();
+    REQUIRE(clients.size() == 2);
+    for (const auto& c : clients) CHECK(c.peer.rfind("[::1]:", 0) == 0);
 }
 
 TEST_CASE("IPv6: a server on :: also accepts IPv4 clients (dual stack)") {
+    if (!have_ipv6_loopback()) return cst::skip("no IPv6 loopback: cannot bind a socket to ::1");
     auto options = cst::quiet_options();
     options.host = "::";
     chatsock::Server server(options);
-    if (auto ec = server.listen()) {
-        MESSAGE("skipped: cannot listen on ::: " << ec.message());
-        return;
-    }
-    const auto port = server.port();
+    const auto port = cst::start(server);
     ChatUser v4, v6;
     cst::join_wait(server, v4, port, "v4", "127.0.0.1");
-    bool have_v6 = true;
-    {
-        std::error_code ec;
-        chatsock::Socket probe = chatsock::connect_tcp("::1", port, milliseconds(2000), ec);
-        have_v6 = !ec;
-    }
-    if (have_v6) {
-        cst::join_wait(server, v6, port, "v6", "::1");
-        REQUIRE_FALSE(v4.client.send("from v4"));
-        REQUIRE(cst::pump(server, [&] { return v6.got("v4", "from v4"); }, v4, v6));
-    } else {
-        MESSAGE("::1 not reachable; checked IPv4 only");
-    }
-    bool saw_v4_peer = false;
-    for (const auto& c : server.clients())
-        if (c.name == "v4") saw_v4_peer = c.peer.find("127.0.0.1") != std::string::npos;
-    CHECK(saw_v4_peer);
+    cst::join_wait(server, v6, port, "v6", "::1");
+    // They chat with each other, both ways.
+    REQUIRE_FALSE(v4.client.send("from v4"));
+    REQUIRE(cst::pump(server, [&] { return v6.got("v4", "from v4"); }, v4, v6));
+    REQUIRE_FALSE(v6.client.send("from v6"));
+    REQUIRE(cst::pump(server, [&] { return v4.got("v6", "from v6"); }, v4, v6));
+    std::string v4_peer, v6_peer;
+    for (const auto& c : server.clients()) (c.name == "v4" ? v4_peer : v6_peer) = c.peer;
+    CAPTURE(v4_peer);
+    CAPTURE(v6_peer);
+    CHECK(v4_peer.find("127.0.0.1") != std::string::npos);  // maybe as [::ffff:127.0.0.1]
+    CHECK(v6_peer.rfind("[::1]:", 0) == 0);
 }
 
 TEST_CASE("a sender cut off inside a callback leaves once and sends nothing more") {
@@ -1132,6 +1522,69 @@ TEST_CASE("a frame that stalls halfway is cut off after frame_timeout") {
     CHECK(alice.client.is_open());  // alice, idle and with no partial frame, is not affected
 }
 
+TEST_CASE("frame_timeout counts from each frame's first byte, not from the first partial one") {
+    auto options = cst::quiet_options();
+    options.frame_timeout = milliseconds(300);
+    chatsock::Server server(options);
+    Leaves leaves(server);
+    const auto port = cst::start(server);
+    ChatUser bob;
+    cst::join_wait(server, bob, port, "bob");
+    RawPeer streamer;
+    cst::raw_join(server, streamer, port, "streamer");
+
+    // Every 50 ms for 1.2 s (four times frame_timeout), one send with the rest of frame k and
+    // the first half of frame k+1: the server always holds a partial frame, each one for 50 ms.
+    std::vector<std::string> sent;
+    auto next_frame = [&] {
+        sent.push_back("message " + std::to_string(sent.size()) + " of a steady stream");
+        return chatsock::encode_frame(sent.back());
+    };
+    std::string frame = next_frame();
+    REQUIRE(streamer.send(frame.substr(0, frame.size() / 2)));
+    for (int k = 0; k < 24; ++k) {
+        cst::run_for(milliseconds(50), server, bob, streamer);
+        REQUIRE_FALSE(streamer.ended());
+        const std::string next = next_frame();
+        REQUIRE(streamer.send(frame.substr(frame.size() / 2) + next.substr(0, next.size() / 2)));
+        frame = next;
+    }
+    REQUIRE(streamer.send(frame.substr(frame.size() / 2)));
+    REQUIRE(cst::pump(server, [&] {
+        return bob.count_from("streamer") == sent.size() || streamer.ended();
+    }, bob, streamer));
+    CHECK(bob.texts_from("streamer") == sent);
+    CHECK_FALSE(streamer.ended());
+    CHECK(leaves.empty());
+    CHECK(server.client_count() == 2);
+}
+
+TEST_CASE("frame_timeout leaves alone a client that sends whole frames far apart") {
+    auto options = cst::quiet_options();
+    options.frame_timeout = milliseconds(300);
+    chatsock::Server server(options);
+    Leaves leaves(server);
+    const auto port = cst::start(server);
+    ChatUser bob;
+    cst::join_wait(server, bob, port, "bob");
+    RawPeer typist;
+    cst::raw_join(server, typist, port, "typist");
+    // Types slowly: 400 ms, more than frame_timeout, between whole frames.
+    std::vector<std::string> sent;
+    for (int i = 0; i < 2; ++i) {
+        cst::run_for(milliseconds(400), server, bob, typist);
+        sent.push_back("slowly typed line " + std::to_string(i));
+        REQUIRE(typist.send_frame(sent.back()));
+        REQUIRE(cst::pump(server, [&] { return bob.got("typist", sent.back()) || typist.ended(); },
+                          bob, typist));
+    }
+    cst::run_for(milliseconds(400), server, bob, typist);
+    CHECK(bob.texts_from("typist") == sent);
+    CHECK_FALSE(typist.ended());
+    CHECK(leaves.empty());
+    CHECK(server.client_count() == 2);
+}
+
 TEST_CASE("exit_when_empty: run() returns once the last user has left") {
     auto options = cst::quiet_options();
     options.exit_when_empty = true;
@@ -1153,26 +1606,35 @@ TEST_CASE("exit_when_empty: run() returns once the last user has left") {
 TEST_CASE("exit_when_empty: run() waits for a first user before it can exit") {
     auto options = cst::quiet_options();
     options.exit_when_empty = true;
+    options.handshake_timeout = milliseconds(100);
     chatsock::Server server(options);
     const auto port = cst::start(server);
-    std::atomic<bool> returned{false};
-    std::thread runner([&] { server.run(); returned.store(true); });
-    cst::sleep_ms(100);
-    CHECK_FALSE(returned.load());  // nobody has joined yet
     chatsock::Client alice;
+    ServerThread runner(server);
+    // A connection that never names itself: run() accepts it and, after handshake_timeout,
+    // refuses it, all with no user ever joined, so it must not have returned.
+    RawPeer nameless;
+    nameless.connect(port);
+    auto deadline = Clock::now() + cst::default_limit;
+    while (!nameless.got_text_starting("no username within") && !runner.returned() &&
+           Clock::now() < deadline) {
+        nameless.read_available();
+        cst::sleep_ms(5);
+    }
+    CHECK(nameless.got_text_starting("no username within"));
+    CHECK_FALSE(runner.returned());  // nobody has joined yet
+    nameless.close();
     bool welcomed = false;
     alice.on_message = [&](const chatsock::Message& m) { welcomed |= m.text.rfind("welcome", 0) == 0; };
     REQUIRE_FALSE(alice.connect("127.0.0.1", port, "alice"));
-    auto deadline = Clock::now() + cst::default_limit;
+    deadline = Clock::now() + cst::default_limit;
     while (!welcomed && Clock::now() < deadline) alice.poll(milliseconds(10));
     CHECK(welcomed);
-    CHECK_FALSE(returned.load());
+    CHECK_FALSE(runner.returned());
     CHECK(alice.close());  // graceful close: the server runs in its own thread here
     deadline = Clock::now() + cst::default_limit;
-    while (!returned.load() && Clock::now() < deadline) cst::sleep_ms(5);
-    if (!returned.load()) server.stop();
-    runner.join();
-    CHECK(returned.load());
+    while (!runner.returned() && Clock::now() < deadline) cst::sleep_ms(5);
+    CHECK(runner.returned());
 }
 
 TEST_CASE("stop() from another thread ends run(); clients hear why and are closed promptly") {
