@@ -29,16 +29,20 @@ demo_client: demo_client.cpp chatsock.hpp
 # The unit tests, built twice: with the platform's default poller (epoll on Linux) and with
 # the portable poll() backend forced, so both run the whole server and client suite.
 $(BIN)/unit: $(UNIT_SOURCES) chatsock.hpp tests/support.hpp | $(BIN)
+	@echo "== building the unit tests, default poller (epoll on Linux): one long compile, quiet until it ends"
 	$(CXX) $(TESTFLAGS) $(UNIT_SOURCES) -o $@ -pthread
 
 $(BIN)/unit_poll: $(UNIT_SOURCES) chatsock.hpp tests/support.hpp | $(BIN)
+	@echo "== building the unit tests again, poll() backend forced: one long compile, quiet until it ends"
 	$(CXX) $(TESTFLAGS) -DCHATSOCK_USE_POLL $(UNIT_SOURCES) -o $@ -pthread
 
 $(BIN)/unit_asan: $(UNIT_SOURCES) chatsock.hpp tests/support.hpp | $(BIN)
+	@echo "== building the unit tests under ASan + UBSan: one long compile, quiet until it ends"
 	$(CXX) $(TESTFLAGS) $(SANFLAGS) $(UNIT_SOURCES) -o $@ -pthread
 
 # demo_server with its limits on the command line, for tests/e2e_attacks.py.
 $(BIN)/attack_server: tests/attack_server.cpp chatsock.hpp | $(BIN)
+	@echo "== building the attack suite's server (tests/attack_server.cpp)"
 	$(CXX) $(CXXFLAGS) -I. tests/attack_server.cpp -o $@
 
 $(BIN):
@@ -62,6 +66,7 @@ $(BIN)/include/doctest: | $(BIN)
 	mkdir -p $(BIN)/include && ln -sfn /usr/include/doctest $@
 
 $(BIN)/unit.exe: $(WIN_TEST_SOURCES) $(wildcard tests/windows/*.inc) chatsock.hpp tests/support.hpp | $(BIN)/include/doctest
+	@echo "== building the unit tests for Windows (MinGW): one long compile, quiet until it ends"
 	$(MINGW) $(WINFLAGS) -I. -I$(BIN)/include -DDOCTEST_CONFIG_NO_MULTITHREADING \
 	    $(WIN_TEST_SOURCES) -o $@ -lws2_32
 
@@ -90,6 +95,7 @@ valgrind: $(BIN)/unit
 	$(VALGRIND) $(BIN)/unit --no-intro -ts=server,client
 
 $(BIN)/attack_server_asan: tests/attack_server.cpp chatsock.hpp | $(BIN)
+	@echo "== building the attack suite's server under ASan + UBSan"
 	$(CXX) $(TESTFLAGS) $(SANFLAGS) tests/attack_server.cpp -o $@
 
 # The unit tests, then the attack suite against a sanitized server (shorter soak).
@@ -108,6 +114,7 @@ FUZZFLAGS     = -std=c++17 -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanit
 FUZZ_WORK     = fuzz/corpus-work
 
 $(BIN)/fuzz_%: fuzz/fuzz_%.cpp fuzz/reference.hpp chatsock.hpp | $(BIN)
+	@echo "== building the fuzz target fuzz_$* (clang, libFuzzer + ASan + UBSan)"
 	$(FUZZ_CXX) $(FUZZFLAGS) $< -o $@
 
 fuzz: $(BIN)/fuzz_decoder $(BIN)/fuzz_server_input

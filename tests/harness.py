@@ -9,7 +9,9 @@ Which demo programs run, from the environment (tests/run_windows.sh sets these):
   CHATSOCK_SERVER_CMD   a command prefix for the server, e.g. "wine /abs/path/demo_server.exe"
   CHATSOCK_CLIENT_CMD   the same for the client
   CHATSOCK_BIN_DIR      a folder holding demo_server and demo_client (ctest passes the CMake one)
-By default, ./demo_server and ./demo_client in the source tree, built with make when needed.
+A program chosen through the environment must exist already: it is never built. Otherwise it is
+./demo_server or ./demo_client in the source tree, built with make when needed.
+(tests/e2e_attacks.py reads CHATSOCK_ATTACK_SERVER the same way for its attack_server.)
 A command naming a .exe is a Windows program: its stdout and stderr are read with "\r\n" as
 "\n" (the C runtime's text mode), and tests that cannot apply to it are skipped with a reason.
 """
@@ -35,14 +37,16 @@ NATIVE_CLIENT = [os.path.join(ROOT, "demo_client")]
 
 
 def _program(variable, name):
-    """The command (a list) that runs demo program `name`; see the module's docstring."""
+    """The command (a list) that runs demo program `name`, and whether the environment chose
+    it; see the module's docstring."""
     if os.environ.get(variable):
-        return shlex.split(os.environ[variable])
+        return shlex.split(os.environ[variable]), True
     bin_dir = os.environ.get("CHATSOCK_BIN_DIR")
     if bin_dir:
         path = os.path.join(bin_dir, name)
-        return [path + ".exe" if not os.path.exists(path) and os.path.exists(path + ".exe") else path]
-    return [os.path.join(ROOT, name)]
+        exe = not os.path.exists(path) and os.path.exists(path + ".exe")
+        return [path + ".exe" if exe else path], True
+    return [os.path.join(ROOT, name)], False
 
 
 def is_windows(command):
@@ -51,8 +55,9 @@ def is_windows(command):
     return ".exe" in text.lower()
 
 
-DEMO_SERVER = _program("CHATSOCK_SERVER_CMD", "demo_server")  # lists: spawn([*DEMO_SERVER, args...])
-DEMO_CLIENT = _program("CHATSOCK_CLIENT_CMD", "demo_client")
+# Lists: spawn([*DEMO_SERVER, args...]).
+DEMO_SERVER, _SERVER_GIVEN = _program("CHATSOCK_SERVER_CMD", "demo_server")
+DEMO_CLIENT, _CLIENT_GIVEN = _program("CHATSOCK_CLIENT_CMD", "demo_client")
 SERVER_ON_WINDOWS = is_windows(DEMO_SERVER)
 CLIENT_ON_WINDOWS = is_windows(DEMO_CLIENT)
 CLASSIC_SERVER = os.path.join(TESTS, "classic", "classic_server.py")
@@ -66,18 +71,23 @@ DEVNULL = subprocess.DEVNULL
 
 
 def build_demos():
-    """Builds demo_server and demo_client (a no-op when `make test` already did). Programs
-    chosen through the environment are only checked: they must exist already."""
-    chosen = [c for c in (DEMO_SERVER, DEMO_CLIENT) if c not in (NATIVE_SERVER, NATIVE_CLIENT)]
-    for command in chosen:
+    """Builds the demo programs not chosen through the environment with make, in the source
+    tree (a no-op when `make test` already did). Those chosen through the environment are only
+    checked: they must exist already, and make does not run for them."""
+    to_build = []
+    for command, given, name in ((DEMO_SERVER, _SERVER_GIVEN, "demo_server"),
+                                 (DEMO_CLIENT, _CLIENT_GIVEN, "demo_client")):
+        if not given:
+            to_build.append(name)
+            continue
         files = [a for a in command[1:] if os.path.sep in a]  # e.g. the .exe after "wine"
         if not shutil.which(command[0]) or any(not os.path.isfile(f) for f in files):
             raise RuntimeError(f"demo program not found: {shlex.join(command)}")
-    if len(chosen) == 2:
+    if not to_build:
         return
-    run = subprocess.run(["make", "-s", "demo_server", "demo_client"], cwd=ROOT,
+    run = subprocess.run(["make", "-s", *to_build], cwd=ROOT,
                          stdout=PIPE, stderr=subprocess.STDOUT, timeout=600)
-    if run.returncode != 0 or not all(os.access(p[0], os.X_OK) for p in (NATIVE_SERVER, NATIVE_CLIENT)):
+    if run.returncode != 0 or not all(os.access(os.path.join(ROOT, n), os.X_OK) for n in to_build):
         raise RuntimeError("building the demos failed:\n" + run.stdout.decode(errors="replace"))
 
 

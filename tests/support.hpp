@@ -14,6 +14,7 @@
 #include <cstdint>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <iterator>
 #include <sstream>
 #include <string>
@@ -149,6 +150,40 @@ inline std::uint16_t start(chatsock::Server& server) {
     REQUIRE(port != 0);
     return port;
 }
+
+// The setup of the tests that read the conversation log: a temporary folder, quiet_options()
+// with the log in that folder (file `log_name`), a server with those options, listening.
+// `setup`, if given, runs before the server exists: it may change the options (the log path
+// is already set) or prepare the log file.
+//
+//     cst::LoggedServer chat([](chatsock::ServerOptions& o) { o.max_clients = 2; });
+//     cst::join_wait(chat.server, alice, chat.port, "alice");
+//     CHECK(chat.log().find("\tjoin\talice\t") != std::string::npos);
+struct LoggedServer {
+    using Setup = std::function<void(chatsock::ServerOptions&)>;
+
+    explicit LoggedServer(const Setup& setup = {}, const std::string& log_name = "chat.log")
+        : options(options_with_log(dir, log_name, setup)), server(options), port(start(server)) {}
+    LoggedServer(const LoggedServer&) = delete;
+    LoggedServer& operator=(const LoggedServer&) = delete;
+
+    // Everything in the log so far.
+    std::string log() const { return read_file(options.log_path); }
+
+    TempDir dir;  // first: the others need it, and it must outlive the server
+    chatsock::ServerOptions options;
+    chatsock::Server server;
+    const std::uint16_t port;
+
+private:
+    static chatsock::ServerOptions options_with_log(const TempDir& dir, const std::string& log_name,
+                                                    const Setup& setup) {
+        chatsock::ServerOptions options = quiet_options();
+        options.log_path = dir.file(log_name);
+        if (setup) setup(options);
+        return options;
+    }
+};
 
 // ---- a client that records what it receives ----------------------------------------------
 

@@ -114,7 +114,7 @@ TEST_CASE("a client that never connected is not open") {
     CHECK_FALSE(client.is_open());
 }
 
-TEST_CASE("send: text over max_payload is refused with message_size; exactly max_payload is relayed") {
+TEST_CASE("send: text over max_payload is refused with message_size, at the limit it is relayed") {
     chatsock::Server server(cst::quiet_options());
     const auto port = cst::start(server);
     ChatUser alice, bob;

@@ -252,7 +252,7 @@ TEST_CASE("FrameDecoder::decode: random chunks agree with feed()/next() (many se
     }
 }
 
-TEST_CASE("FrameDecoder::decode: on_frame returning false stops it; a bad header fails it") {
+TEST_CASE("FrameDecoder::decode: on_frame returning false stops it and a bad header fails it") {
     chatsock::FrameDecoder d;
     const std::string stream = chatsock::encode_frame("a") + chatsock::encode_frame("b") + chatsock::encode_frame("c");
     std::vector<std::string> got;

@@ -348,7 +348,7 @@ TEST_CASE("the default Poller is the platform's backend") {
 
 TEST_SUITE("sockets") {
 
-TEST_CASE("listen_tcp on port 0 picks a port; local_port and format_address report it") {
+TEST_CASE("listen_tcp on port 0 picks a port, which local_port and format_address report") {
     std::error_code ec;
     chatsock::Socket listener = chatsock::listen_tcp("127.0.0.1", 0, ec);
     REQUIRE_FALSE(ec);

@@ -195,7 +195,7 @@ TEST_CASE("the timestamp checker used below can fail") {
     CHECK_FALSE(is_iso8601_utc_ms("2026-11-25T03:39:03,123Z"));
 }
 
-TEST_CASE("two clients chat; the sender never gets its own message") {
+TEST_CASE("two clients chat: the sender never gets its own message") {
     chatsock::Server server(cst::quiet_options());
     const auto port = cst::start(server);
     ChatUser alice, bob;
@@ -425,62 +425,64 @@ TEST_CASE("a connection that sends no username in time is told and closed") {
 }
 
 TEST_CASE("max_clients: connections beyond it are told and closed") {
-    cst::TempDir dir;
-    auto options = cst::quiet_options();
-    options.max_clients = 2;
-    options.log_path = dir.file("chat.log");
-    chatsock::Server server(options);
-    const auto port = cst::start(server);
+    cst::LoggedServer chat([](chatsock::ServerOptions& o) { o.max_clients = 2; });
     ChatUser alice, bob, carol;
-    cst::join_wait(server, alice, port, "alice");
-    cst::join_wait(server, bob, port, "bob");
-    REQUIRE_FALSE(carol.join(port, "carol"));
+    cst::join_wait(chat.server, alice, chat.port, "alice");
+    cst::join_wait(chat.server, bob, chat.port, "bob");
+    REQUIRE_FALSE(carol.join(chat.port, "carol"));
     const std::string carol_peer = peer_of(carol.client.socket());
-    REQUIRE(cst::pump(server, [&] { return !carol.client.is_open(); }, carol));
+    REQUIRE(cst::pump(chat.server, [&] { return !carol.client.is_open(); }, carol));
     REQUIRE(carol.inbox.size() == 1);
     CHECK(carol.inbox[0].from == "server");
     CHECK(carol.inbox[0].text == "the server is full (2 clients)");
     // The log names the refused connection by its address.
-    const auto row = log_row(options.log_path, "refused");
+    const auto row = log_row(chat.options.log_path, "refused");
     REQUIRE(row.size() == 4);
     CHECK(row[2] == carol_peer);
     CHECK(row[3] == "server full");
-    CHECK(server.client_count() == 2);
-    REQUIRE(cst::pump(server, [&] { return server.connection_count() == 2; }, alice, bob));
+    CHECK(chat.server.client_count() == 2);
+    REQUIRE(cst::pump(chat.server, [&] {
+        return chat.server.connection_count() == 2;
+    }, alice, bob));
     CHECK_FALSE(alice.got("server", "carol joined"));
 
     // Once someone leaves there is room again.
     bob.client.finish();
-    REQUIRE(cst::pump(server, [&] { return server.connection_count() == 1; }, alice, bob));
+    REQUIRE(cst::pump(chat.server, [&] {
+        return chat.server.connection_count() == 1;
+    }, alice, bob));
     ChatUser dave;
-    cst::join_wait(server, dave, port, "dave");
-    CHECK(server.client_count() == 2);
+    cst::join_wait(chat.server, dave, chat.port, "dave");
+    CHECK(chat.server.client_count() == 2);
 }
 
 TEST_CASE("announce_up_to: joins and leaves are announced only in rooms up to that size") {
-    cst::TempDir dir;
     std::vector<std::string> lines;
-    auto options = cst::capturing_options(lines);
-    options.announce_up_to = 2;
-    options.log_path = dir.file("chat.log");
-    chatsock::Server server(options);
-    const auto port = cst::start(server);
+    cst::LoggedServer chat([&](chatsock::ServerOptions& o) {
+        o.diagnostics = cst::capturing_options(lines).diagnostics;
+        o.announce_up_to = 2;
+    });
     ChatUser alice, bob, carol;
-    cst::join_wait(server, alice, port, "alice");
+    cst::join_wait(chat.server, alice, chat.port, "alice");
     CHECK(alice.got("server", "welcome, alice! 0 other users online"));
-    cst::join_wait(server, bob, port, "bob");  // a room of 2: announced
-    REQUIRE(cst::pump(server, [&] { return alice.got("server", "bob joined"); }, alice, bob));
-    cst::join_wait(server, carol, port, "carol");  // a room of 3: not announced, and carol is told
+    cst::join_wait(chat.server, bob, chat.port, "bob");  // a room of 2: announced
+    REQUIRE(cst::pump(chat.server, [&] { return alice.got("server", "bob joined"); }, alice, bob));
+    // A room of 3: not announced, and carol is told.
+    cst::join_wait(chat.server, carol, chat.port, "carol");
     CHECK(carol.got("server", "welcome, carol! 2 other users online; joins and leaves are not announced in a room this big"));
 
     // Messages still reach everyone; a leave from the room of 3 is not announced either.
     REQUIRE_FALSE(carol.client.send("hi all"));
-    REQUIRE(cst::pump(server, [&] { return alice.got("carol", "hi all") && bob.got("carol", "hi all"); }, alice, bob, carol));
+    REQUIRE(cst::pump(chat.server, [&] {
+        return alice.got("carol", "hi all") && bob.got("carol", "hi all");
+    }, alice, bob, carol));
     carol.client.finish();
-    REQUIRE(cst::pump(server, [&] { return server.client_count() == 2; }, alice, bob, carol));
+    REQUIRE(cst::pump(chat.server, [&] {
+        return chat.server.client_count() == 2;
+    }, alice, bob, carol));
     // Back to a room of 2: bob's leave is announced.
     bob.client.finish();
-    REQUIRE(cst::pump(server, [&] { return alice.got("server", "bob left"); }, alice, bob));
+    REQUIRE(cst::pump(chat.server, [&] { return alice.got("server", "bob left"); }, alice, bob));
     CHECK_FALSE(alice.got_text("carol joined"));
     CHECK_FALSE(bob.got_text("carol joined"));
     CHECK_FALSE(alice.got_text("carol left"));
@@ -489,7 +491,7 @@ TEST_CASE("announce_up_to: joins and leaves are announced only in rooms up to th
     // The server's own output and the log have every join and leave, announced or not.
     CHECK(has_line(lines, "carol joined from 127.0.0.1:"));
     CHECK(has_line(lines, "carol left"));
-    const std::string log = cst::read_file(options.log_path);
+    const std::string log = chat.log();
     CHECK(log.find("\tjoin\tcarol\t") != std::string::npos);
     CHECK(log.find("\tleave\tcarol\tleft") != std::string::npos);
 }
@@ -575,64 +577,60 @@ TEST_CASE("listen() lowers max_clients to what the descriptor limit allows, and 
 #endif
 
 TEST_CASE("a protocol error disconnects that client only") {
-    cst::TempDir dir;
-    auto options = cst::quiet_options();
-    options.log_path = dir.file("chat.log");
-    chatsock::Server server(options);
-    Leaves leaves(server);
-    const auto port = cst::start(server);
+    cst::LoggedServer chat;
+    Leaves leaves(chat.server);
     ChatUser alice, bob;
-    cst::join_wait(server, alice, port, "alice");
-    cst::join_wait(server, bob, port, "bob");
+    cst::join_wait(chat.server, alice, chat.port, "alice");
+    cst::join_wait(chat.server, bob, chat.port, "bob");
 
     SUBCASE("a bad header after joining") {
         RawPeer mallory;
-        cst::raw_join(server, mallory, port, "mallory");
+        cst::raw_join(chat.server, mallory, chat.port, "mallory");
         REQUIRE(mallory.send("abc       "));
-        REQUIRE(cst::pump(server, [&] { return mallory.ended(); }, mallory, alice, bob));
+        REQUIRE(cst::pump(chat.server, [&] { return mallory.ended(); }, mallory, alice, bob));
         CHECK(mallory.messages.back().from == "server");
         CHECK(mallory.messages.back().text == "protocol error: bad frame header \"abc       \"");
         REQUIRE(leaves.size() == 1);
         CHECK(leaves[0].name == "mallory");
         CHECK(leaves[0].reason == "protocol error: bad frame header \"abc       \"");
-        REQUIRE(cst::pump(server, [&] {
+        REQUIRE(cst::pump(chat.server, [&] {
             return alice.got("server", "mallory left (protocol error: bad frame header \"abc       \")");
         }, alice, bob));
     }
     SUBCASE("a bad header instead of a username") {
         RawPeer mallory;
-        mallory.connect(port);
+        mallory.connect(chat.port);
         const std::string peer = peer_of(mallory.get());
         REQUIRE(mallory.send("-1        "));
-        REQUIRE(cst::pump(server, [&] { return mallory.ended(); }, mallory, alice, bob));
+        REQUIRE(cst::pump(chat.server, [&] { return mallory.ended(); }, mallory, alice, bob));
         REQUIRE(mallory.messages.size() == 1);
         CHECK(mallory.messages[0].text == "protocol error: bad frame header \"-1        \"");
         CHECK(leaves.empty());  // never joined
         // Logged under its address, as it has no name yet.
-        const auto row = log_row(options.log_path, "error");
+        const auto row = log_row(chat.options.log_path, "error");
         REQUIRE(row.size() == 4);
         CHECK(row[2] == peer);
         CHECK(row[3] == "protocol error: bad frame header \"-1        \"");
     }
     SUBCASE("a header over the payload limit, refused before the payload") {
         RawPeer mallory;
-        cst::raw_join(server, mallory, port, "mallory");
+        cst::raw_join(chat.server, mallory, chat.port, "mallory");
         REQUIRE(mallory.send("9999999999"));
-        REQUIRE(cst::pump(server, [&] { return mallory.ended(); }, mallory, alice, bob));
+        REQUIRE(cst::pump(chat.server, [&] { return mallory.ended(); }, mallory, alice, bob));
         CHECK(mallory.messages.back().text == "protocol error: frame of 9999999999 bytes is over the limit of 65536");
         REQUIRE(leaves.size() == 1);
         CHECK(leaves[0].reason == "protocol error: frame of 9999999999 bytes is over the limit of 65536");
     }
     SUBCASE("one byte over the default limit") {
         RawPeer mallory;
-        cst::raw_join(server, mallory, port, "mallory");
+        cst::raw_join(chat.server, mallory, chat.port, "mallory");
         REQUIRE(mallory.send("65537     "));
-        REQUIRE(cst::pump(server, [&] { return mallory.ended(); }, mallory, alice, bob));
+        REQUIRE(cst::pump(chat.server, [&] { return mallory.ended(); }, mallory, alice, bob));
         CHECK(mallory.messages.back().text == "protocol error: frame of 65537 bytes is over the limit of 65536");
     }
-    CHECK(server.client_count() == 2);
+    CHECK(chat.server.client_count() == 2);
     REQUIRE_FALSE(alice.client.send("unaffected"));
-    REQUIRE(cst::pump(server, [&] { return bob.got("alice", "unaffected"); }, alice, bob));
+    REQUIRE(cst::pump(chat.server, [&] { return bob.got("alice", "unaffected"); }, alice, bob));
     CHECK(alice.client.is_open());
     CHECK(bob.client.is_open());
 }
@@ -676,7 +674,7 @@ TEST_CASE("max_payload: a frame of that size is relayed whole, one byte more is 
     CHECK(bob.client.is_open());
 }
 
-TEST_CASE("a message that is not valid UTF-8 is not relayed; the sender is told") {
+TEST_CASE("a message that is not valid UTF-8 is not relayed, and the sender is told") {
     chatsock::Server server(cst::quiet_options());
     const auto port = cst::start(server);
     ChatUser alice, bob;
@@ -710,32 +708,28 @@ TEST_CASE("an empty message is not relayed") {
 }
 
 TEST_CASE("on_message can rewrite a message or drop it") {
-    cst::TempDir dir;
-    auto options = cst::quiet_options();
-    options.log_path = dir.file("chat.log");
-    chatsock::Server server(options);
+    cst::LoggedServer chat;
     std::vector<std::string> seen_by_callback;
-    server.on_message = [&](const chatsock::ClientInfo& from, std::string& text) {
+    chat.server.on_message = [&](const chatsock::ClientInfo& from, std::string& text) {
         seen_by_callback.push_back(from.name + ":" + text);
         if (text == "drop me") return false;
         text = "[" + from.name + "] " + text;
         return true;
     };
-    const auto port = cst::start(server);
     ChatUser alice, bob;
-    cst::join_wait(server, alice, port, "alice");
-    cst::join_wait(server, bob, port, "bob");
+    cst::join_wait(chat.server, alice, chat.port, "alice");
+    cst::join_wait(chat.server, bob, chat.port, "bob");
     REQUIRE_FALSE(alice.client.send("drop me"));
     REQUIRE_FALSE(alice.client.send("hello"));
-    REQUIRE(cst::pump(server, [&] { return bob.got("alice", "[alice] hello"); }, alice, bob));
+    REQUIRE(cst::pump(chat.server, [&] { return bob.got("alice", "[alice] hello"); }, alice, bob));
     CHECK(bob.texts_from("alice") == std::vector<std::string>{"[alice] hello"});
     CHECK(seen_by_callback == std::vector<std::string>{"alice:drop me", "alice:hello"});
-    const std::string log = cst::read_file(options.log_path);
+    const std::string log = chat.log();
     CHECK(log.find("\tmessage\talice\t[alice] hello\n") != std::string::npos);
     CHECK(log.find("drop me") == std::string::npos);  // a dropped message is not logged
     // The sender is not told about a dropped message, nor sent the rewritten one.
     REQUIRE_FALSE(bob.client.send("ping"));
-    REQUIRE(cst::pump(server, [&] { return alice.got("bob", "[bob] ping"); }, alice, bob));
+    REQUIRE(cst::pump(chat.server, [&] { return alice.got("bob", "[bob] ping"); }, alice, bob));
     CHECK(alice.count_from("alice") == 0);
 }
 
@@ -924,7 +918,7 @@ std::vector<std::string> send_in_batches(chatsock::Server& server, ChatUser& ali
 
 }  // namespace
 
-TEST_CASE("the hard output limit disconnects a client that does not read; the others get everything") {
+TEST_CASE("the hard output limit disconnects a client that does not read, others get everything") {
     auto options = cst::quiet_options();
     options.output_hard_limit = 256 * 1024;
     options.output_soft_limit = std::size_t(1) << 30;  // only the hard limit here
@@ -1061,22 +1055,18 @@ TEST_CASE("a burst over the soft limit is tolerated if the client catches up in 
 }
 
 TEST_CASE("the conversation log: one tab-separated line per event, UTC timestamps") {
-    cst::TempDir dir;
-    auto options = cst::quiet_options();
-    options.log_path = dir.file("message_log");
-    chatsock::Server server(options);
-    const auto port = cst::start(server);
+    cst::LoggedServer chat({}, "message_log");
     ChatUser alice, bob, nobody;
-    cst::join_wait(server, alice, port, "alice");
-    cst::join_wait(server, bob, port, "bob");
+    cst::join_wait(chat.server, alice, chat.port, "alice");
+    cst::join_wait(chat.server, bob, chat.port, "bob");
     REQUIRE_FALSE(alice.client.send("hello there"));
-    REQUIRE(cst::pump(server, [&] { return bob.got("alice", "hello there"); }, alice, bob));
+    REQUIRE(cst::pump(chat.server, [&] { return bob.got("alice", "hello there"); }, alice, bob));
     bob.client.finish();
-    REQUIRE(cst::pump(server, [&] { return alice.got("server", "bob left"); }, alice, bob));
-    REQUIRE_FALSE(nobody.join(port, ""));
-    REQUIRE(cst::pump(server, [&] { return !nobody.client.is_open(); }, alice, nobody));
+    REQUIRE(cst::pump(chat.server, [&] { return alice.got("server", "bob left"); }, alice, bob));
+    REQUIRE_FALSE(nobody.join(chat.port, ""));
+    REQUIRE(cst::pump(chat.server, [&] { return !nobody.client.is_open(); }, alice, nobody));
 
-    const auto lines = cst::split_lines(cst::read_file(options.log_path));
+    const auto lines = cst::split_lines(chat.log());
     REQUIRE(lines.size() == 5);
     std::vector<std::vector<std::string>> rows;
     for (const auto& line : lines) {
@@ -1108,21 +1098,19 @@ TEST_CASE("the conversation log: one tab-separated line per event, UTC timestamp
 }
 
 TEST_CASE("the conversation log keeps every event on one line, escaped") {
-    cst::TempDir dir;
-    auto options = cst::quiet_options();
-    options.log_path = dir.file("chat.log");
-    chatsock::Server server(options);
-    const auto port = cst::start(server);
+    cst::LoggedServer chat;
     ChatUser alice, bob;
-    cst::join_wait(server, alice, port, "alice");
-    cst::join_wait(server, bob, port, "bob");
+    cst::join_wait(chat.server, alice, chat.port, "alice");
+    cst::join_wait(chat.server, bob, chat.port, "bob");
     const std::string nasty = "line1\nline2\rback\x1b[2Jclear"s + '\0' + "nul\ttab\\slash \xC2\x9B" + "c1 数据";
     REQUIRE_FALSE(alice.client.send(nasty));
     REQUIRE_FALSE(alice.client.send("\\n is not a newline"));
-    REQUIRE(cst::pump(server, [&] { return bob.got("alice", "\\n is not a newline"); }, alice, bob));
+    REQUIRE(cst::pump(chat.server, [&] {
+        return bob.got("alice", "\\n is not a newline");
+    }, alice, bob));
     CHECK(bob.got("alice", nasty));  // relayed exactly as sent
 
-    const std::string log = cst::read_file(options.log_path);
+    const std::string log = chat.log();
     for (unsigned char c : log) {
         CAPTURE(static_cast<int>(c));
         CHECK((c == '\n' || c == '\t' || (c >= 0x20 && c != 0x7F)));
@@ -1139,16 +1127,12 @@ TEST_CASE("the conversation log keeps every event on one line, escaped") {
 }
 
 TEST_CASE("the log escapes names and join details too, and refused peers") {
-    cst::TempDir dir;
-    auto options = cst::quiet_options();
-    options.log_path = dir.file("chat.log");
-    chatsock::Server server(options);
-    const auto port = cst::start(server);
+    cst::LoggedServer chat;
     ChatUser odd, bad;
-    cst::join_wait(server, odd, port, "back\\slash");
-    REQUIRE_FALSE(bad.join(port, "ev\til"));
-    REQUIRE(cst::pump(server, [&] { return !bad.client.is_open(); }, bad));
-    const auto lines = cst::split_lines(cst::read_file(options.log_path));
+    cst::join_wait(chat.server, odd, chat.port, "back\\slash");
+    REQUIRE_FALSE(bad.join(chat.port, "ev\til"));
+    REQUIRE(cst::pump(chat.server, [&] { return !bad.client.is_open(); }, bad));
+    const auto lines = cst::split_lines(chat.log());
     REQUIRE(lines.size() == 2);
     CHECK(cst::split_tabs(lines[0])[2] == "back\\\\slash");
     auto refused = cst::split_tabs(lines[1]);
@@ -1158,34 +1142,30 @@ TEST_CASE("the log escapes names and join details too, and refused peers") {
 }
 
 TEST_CASE("a relayed message is already in the log when the receiver gets it") {
-    cst::TempDir dir;
-    auto options = cst::quiet_options();
-    options.log_path = dir.file("chat.log");
-    chatsock::Server server(options);
-    const auto port = cst::start(server);
+    cst::LoggedServer chat;
     ChatUser alice, bob;
-    cst::join_wait(server, alice, port, "alice");
-    cst::join_wait(server, bob, port, "bob");
+    cst::join_wait(chat.server, alice, chat.port, "alice");
+    cst::join_wait(chat.server, bob, chat.port, "bob");
     int checked = 0, found = 0;
     bob.client.on_message = [&](const chatsock::Message& m) {
         bob.inbox.push_back(m);
         if (m.from != "alice") return;
         ++checked;
-        const std::string log = cst::read_file(options.log_path);
+        const std::string log = chat.log();
         if (log.find("\tmessage\talice\t" + m.text + "\n") != std::string::npos) ++found;
     };
     for (int i = 0; i < 20; ++i) REQUIRE_FALSE(alice.client.send("message " + std::to_string(i)));
-    REQUIRE(cst::pump(server, [&] { return checked == 20; }, alice, bob));
+    REQUIRE(cst::pump(chat.server, [&] { return checked == 20; }, alice, bob));
     CHECK(found == 20);
     // The leave line too is written before the notice goes out.
     bool leave_logged = false;
     alice.client.on_message = [&](const chatsock::Message& m) {
         alice.inbox.push_back(m);
         if (m.text == "bob left")
-            leave_logged = cst::read_file(options.log_path).find("\tleave\tbob\tleft\n") != std::string::npos;
+            leave_logged = chat.log().find("\tleave\tbob\tleft\n") != std::string::npos;
     };
     bob.client.finish();
-    REQUIRE(cst::pump(server, [&] { return alice.got("server", "bob left"); }, alice, bob));
+    REQUIRE(cst::pump(chat.server, [&] { return alice.got("server", "bob left"); }, alice, bob));
     CHECK(leave_logged);
 }
 
@@ -1292,16 +1272,12 @@ TEST_CASE("a relayed message is not sent before its log line has been written") 
 #endif
 
 TEST_CASE("the log appends to an existing file") {
-    cst::TempDir dir;
-    const std::string path = dir.file("chat.log");
-    { std::ofstream(path, std::ios::binary) << "earlier line\n"; }
-    auto options = cst::quiet_options();
-    options.log_path = path;
-    chatsock::Server server(options);
-    const auto port = cst::start(server);
+    cst::LoggedServer chat([](chatsock::ServerOptions& o) {
+        std::ofstream(o.log_path, std::ios::binary) << "earlier line\n";
+    });
     ChatUser alice;
-    cst::join_wait(server, alice, port, "alice");
-    const auto lines = cst::split_lines(cst::read_file(path));
+    cst::join_wait(chat.server, alice, chat.port, "alice");
+    const auto lines = cst::split_lines(chat.log());
     REQUIRE(lines.size() == 2);
     CHECK(lines[0] == "earlier line");
     CHECK(cst::split_tabs(lines[1])[1] == "join");
@@ -1337,7 +1313,7 @@ TEST_CASE("listen() errors say what was attempted") {
     }
 }
 
-TEST_CASE("diagnostics: listening, joins, refusals; nullptr silences them") {
+TEST_CASE("diagnostics: listening, joins, refusals, and nullptr silences them") {
     std::vector<std::string> lines;
     chatsock::Server server(cst::capturing_options(lines));
     const auto port = cst::start(server);
@@ -1637,7 +1613,7 @@ TEST_CASE("exit_when_empty: run() waits for a first user before it can exit") {
     CHECK(runner.returned());
 }
 
-TEST_CASE("stop() from another thread ends run(); clients hear why and are closed promptly") {
+TEST_CASE("stop() from another thread ends run(): clients hear why and are closed promptly") {
     auto options = cst::quiet_options();
     options.stop_drain_time = milliseconds(4000);
     chatsock::Server server(options);
