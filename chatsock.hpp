@@ -1,16 +1,17 @@
 // chatsock.hpp — a portable chat server and client in one C++17 header.
 //
 // WHAT IT IS
-//   A small, complete chat library over TCP: a poll abstraction over BSD sockets and Winsock,
-//   message framing, broadcast with per-client write queues, and a conversation log. The wire
-//   format is the classic Python select() chat: every frame is a 10-byte ASCII length header
+//   A small, complete chat over TCP: a poll abstraction over BSD sockets and Winsock, message
+//   framing, broadcast with per-client write queues, and a conversation log. The wire format
+//   is the classic Python select() chat's: every frame is a 10-byte ASCII length header
 //   (left-aligned, space-padded) followed by that many bytes of UTF-8. A client's first frame
 //   is its username; the server relays each later frame to every *other* client as two
 //   frames, sender name then text. See docs/PROTOCOL.md.
 //
 // BUILD (no other flags, no other files)
 //   Linux, macOS:  g++ -std=c++17 -O2 demo_server.cpp -o demo_server
-//   MinGW-w64:     x86_64-w64-mingw32-g++ -std=c++17 -O2 demo_server.cpp -o demo_server -lws2_32
+//   MinGW-w64:     x86_64-w64-mingw32-g++ -std=c++17 -O2 -static demo_server.cpp
+//                      -o demo_server.exe -lws2_32
 //   MSVC:          cl /std:c++17 /O2 /EHsc demo_server.cpp      (links ws2_32 by #pragma)
 //
 // A COMPLETE SERVER
@@ -20,17 +21,29 @@
 //       options.log_path = "message_log";
 //       chatsock::Server server(options);
 //       chatsock::stop_on_ctrl_c(server);          // opt-in: Ctrl+C stops it cleanly
-//       if (auto ec = server.listen()) return 1;   // ec.message() says why
+//       if (server.listen()) return 1;             // a diagnostic line says why
 //       server.run();                               // until stop()
 //   }
 //
 // A COMPLETE CLIENT
 //   chatsock::Client client;
 //   client.on_message = [](const chatsock::Message& m) {
-//       std::cout << chatsock::printable(m.from) << " > " << chatsock::printable(m.text) << "\n"; };
+//       chatsock::write_text(stdout, chatsock::printable(m.from) + " > " +
+//                                    chatsock::printable(m.text) + "\n"); };
 //   if (auto ec = client.connect("127.0.0.1", 1234, "alice")) return 1;
 //   client.send("hello");
 //   while (client.poll(std::chrono::milliseconds(100))) { /* ... */ }
+//
+// API AT A GLANCE, by layer, in the order the header teaches them (the rest is in detail::)
+//   1 platform  Socket, socket_t: an owned socket      listen_tcp, accept_tcp, connect_tcp
+//               send_some, recv_some, shutdown_send    local_port, format_address
+//               parse_port, command_line: arguments    write_text: UTF-8 to stdout/stderr
+//   2 poller    Poller (EpollPoller, PollPoller)       PollEvent, want_read, want_write
+//   3 framing   header_size, append_frame, encode_frame, parse_header, FrameDecoder
+//               is_valid_utf8, is_control, printable, append_printable, check_username
+//   4 buffers   SharedBytes, encode_message, OutputQueue, ConversationLog
+//   5 server    Server, ServerOptions, ClientInfo, ClientId, stop_on_ctrl_c
+//   6 client    Client, ClientOptions, Message, CloseReason, StdinLines
 //
 // CONFIGURATION MACROS (define before including)
 //   CHATSOCK_USE_POLL   use the portable poll() backend even where epoll exists (Linux).
@@ -41,21 +54,17 @@
 //   for a client leaves in one writev/WSASend; frames are parsed straight from the read buffer;
 //   the log is one write per loop turn. An idle client costs the server under 1 KiB.
 //
-// LAYERS, read top to bottom
-//   1. platform    socket handle, RAII socket, errors, resolve/listen/connect/send/recv
-//   2. poller      epoll (Linux) / poll() (POSIX) / WSAPoll (Windows), with a wake() channel
-//   3. framing     pure code: encode, incremental decode, UTF-8 and username rules, escaping
-//   4. buffers     shared frames, per-connection output queue, conversation log
-//   5. server      accept, handshake, relay, limits, callbacks, graceful stop
-//   6. client      connect, send, poll-driven receive, graceful close, console input
-//
 // LICENSE
 //   MIT. Copyright (c) 2026 the chatsock authors. See LICENSE for the full text.
 
 #ifndef CHATSOCK_HPP
 #define CHATSOCK_HPP
 
-#define CHATSOCK_VERSION "0.1.0"
+#define CHATSOCK_VERSION "0.2.0"
+
+// ============================================================================================
+// 1. Platform: every difference between Winsock and BSD sockets lives in this section.
+// ============================================================================================
 
 #if defined(_WIN32)
 #  ifndef NOMINMAX
@@ -68,6 +77,7 @@
 #  pragma push_macro("max")
 #  undef min
 #  undef max
+#  define CHATSOCK_RESTORE_MIN_MAX
 #  ifndef WIN32_LEAN_AND_MEAN
 #    define WIN32_LEAN_AND_MEAN
 #  endif
@@ -76,14 +86,15 @@
 #  endif
 #  if defined(__GNUC__) && defined(_WINSOCKAPI_) && !defined(_WINSOCK2API_)
 // The user's <windows.h> came first and brought the old winsock.h; MinGW's winsock2.h copes
-// but warns about the order. (MSVC cannot mix the two: there, include chatsock.hpp or winsock2.h first, or
-// define WIN32_LEAN_AND_MEAN before <windows.h>.)
+// but warns about the order. (MSVC cannot mix the two: there, include chatsock.hpp or
+// winsock2.h first, or define WIN32_LEAN_AND_MEAN before <windows.h>.)
 #    undef _WINSOCKAPI_  // the guard that makes winsock2.h warn; its own guards suffice
 #  endif
 #  include <winsock2.h>
 #  include <ws2tcpip.h>
 #  include <windows.h>
 #  include <shellapi.h>
+#  include <io.h>
 #  ifdef _MSC_VER
 #    pragma comment(lib, "ws2_32")
 #    pragma comment(lib, "shell32")  // CommandLineToArgvW, for command_line()
@@ -110,15 +121,15 @@
 #include <algorithm>
 #include <atomic>
 #include <cerrno>
+#include <charconv>
 #include <chrono>
-#include <climits>
 #include <cstdint>
 #include <cstdio>
 #include <cstring>
 #include <ctime>
-#include <deque>
 #include <functional>
 #include <memory>
+#include <set>
 #include <stdexcept>
 #include <string>
 #include <string_view>
@@ -132,10 +143,6 @@ namespace chatsock {
 
 using Clock = std::chrono::steady_clock;
 using std::chrono::milliseconds;
-
-// ============================================================================================
-// 1. Platform: every difference between Winsock and BSD sockets lives in this section.
-// ============================================================================================
 
 #if defined(_WIN32)
 using socket_t = SOCKET;
@@ -166,27 +173,28 @@ public:
     }
     // So portable code can test `ec == std::errc::connection_refused` here as on POSIX.
     std::error_condition default_error_condition(int code) const noexcept override {
-        switch (code) {
-        case WSAEWOULDBLOCK: return std::errc::operation_would_block;
-        case WSAEINPROGRESS: return std::errc::operation_in_progress;
-        case WSAEINTR: return std::errc::interrupted;
-        case WSAECONNREFUSED: return std::errc::connection_refused;
-        case WSAECONNRESET: return std::errc::connection_reset;
-        case WSAECONNABORTED: return std::errc::connection_aborted;
-        case WSAENOTCONN: return std::errc::not_connected;
-        case WSAETIMEDOUT: return std::errc::timed_out;
-        case WSAEADDRINUSE: return std::errc::address_in_use;
-        case WSAEADDRNOTAVAIL: return std::errc::address_not_available;
-        case WSAENETUNREACH: return std::errc::network_unreachable;
-        case WSAEHOSTUNREACH: return std::errc::host_unreachable;
-        case WSAEAFNOSUPPORT: return std::errc::address_family_not_supported;
-        case WSAEMFILE: return std::errc::too_many_files_open;
-        case WSAENOBUFS: return std::errc::no_buffer_space;
-        case WSAEMSGSIZE: return std::errc::message_size;
-        case WSAEACCES: return std::errc::permission_denied;
-        case WSAEINVAL: return std::errc::invalid_argument;
-        default: return std::error_condition(code, *this);
-        }
+        using E = std::errc;
+        static const std::pair<int, E> map[] = {{WSAEWOULDBLOCK, E::operation_would_block},
+                                                {WSAEINPROGRESS, E::operation_in_progress},
+                                                {WSAEINTR, E::interrupted},
+                                                {WSAECONNREFUSED, E::connection_refused},
+                                                {WSAECONNRESET, E::connection_reset},
+                                                {WSAECONNABORTED, E::connection_aborted},
+                                                {WSAENOTCONN, E::not_connected},
+                                                {WSAETIMEDOUT, E::timed_out},
+                                                {WSAEADDRINUSE, E::address_in_use},
+                                                {WSAEADDRNOTAVAIL, E::address_not_available},
+                                                {WSAENETUNREACH, E::network_unreachable},
+                                                {WSAEHOSTUNREACH, E::host_unreachable},
+                                                {WSAEAFNOSUPPORT, E::address_family_not_supported},
+                                                {WSAEMFILE, E::too_many_files_open},
+                                                {WSAENOBUFS, E::no_buffer_space},
+                                                {WSAEMSGSIZE, E::message_size},
+                                                {WSAEACCES, E::permission_denied},
+                                                {WSAEINVAL, E::invalid_argument}};
+        for (const auto& [winsock, portable] : map)
+            if (code == winsock) return portable;
+        return std::error_condition(code, *this);
     }
 };
 inline const std::error_category& os_category() {
@@ -194,12 +202,9 @@ inline const std::error_category& os_category() {
     return category;
 }
 inline std::error_code last_error() { return {WSAGetLastError(), os_category()}; }
-inline bool would_block(const std::error_code& ec) {
-    return ec.value() == WSAEWOULDBLOCK || ec.value() == WSAEINPROGRESS;
-}
-inline bool interrupted(const std::error_code& ec) { return ec.value() == WSAEINTR; }
 inline void close_socket(socket_t s) { ::closesocket(s); }
-inline constexpr int send_flags = 0;
+constexpr int send_flags = 0;
+using io_size = int;  // what send() and recv() take and return
 
 // Winsock must be started before any socket call. WSAStartup counts its callers, so every
 // object that owns sockets holds one of these and several servers/clients coexist.
@@ -222,33 +227,53 @@ inline std::string narrow(const wchar_t* text, int length) {
     int n = ::WideCharToMultiByte(CP_UTF8, 0, text, length, nullptr, 0, nullptr, nullptr);
     std::string out(static_cast<std::size_t>(std::max(n, 0)), '\0');
     if (n > 0) ::WideCharToMultiByte(CP_UTF8, 0, text, length, &out[0], n, nullptr, nullptr);
+    if (length < 0 && !out.empty()) out.pop_back();  // the terminator it counted
     return out;
 }
-inline std::wstring widen(const std::string& text) {
-    int n = ::MultiByteToWideChar(CP_UTF8, 0, text.data(), static_cast<int>(text.size()), nullptr, 0);
+inline std::wstring widen(std::string_view text) {
+    const int size = static_cast<int>(text.size());
+    int n = ::MultiByteToWideChar(CP_UTF8, 0, text.data(), size, nullptr, 0);
     std::wstring out(static_cast<std::size_t>(std::max(n, 0)), L'\0');
-    if (n > 0) ::MultiByteToWideChar(CP_UTF8, 0, text.data(), static_cast<int>(text.size()), &out[0], n);
+    if (n > 0) ::MultiByteToWideChar(CP_UTF8, 0, text.data(), size, &out[0], n);
     return out;
 }
 #else
 inline const std::error_category& os_category() { return std::system_category(); }
 inline std::error_code last_error() { return {errno, std::system_category()}; }
-inline bool would_block(const std::error_code& ec) {
-    return ec == std::errc::operation_would_block || ec == std::errc::resource_unavailable_try_again ||
-           ec == std::errc::operation_in_progress;
-}
-inline bool interrupted(const std::error_code& ec) { return ec == std::errc::interrupted; }
 inline void close_socket(socket_t s) { ::close(s); }
 #  if defined(MSG_NOSIGNAL)
-inline constexpr int send_flags = MSG_NOSIGNAL;  // a peer that hangs up must not raise SIGPIPE
+constexpr int send_flags = MSG_NOSIGNAL;  // a peer that hangs up must not raise SIGPIPE
 #  else
-inline constexpr int send_flags = 0;             // macOS/BSD: SO_NOSIGPIPE is set per socket
+constexpr int send_flags = 0;  // macOS/BSD: SO_NOSIGPIPE is set per socket
 #  endif
+using io_size = std::size_t;
 struct NetworkInit {
     NetworkInit() noexcept {}  // nothing to start on POSIX
 };
 inline void start_network() {}
 #endif
+
+inline bool would_block(const std::error_code& ec) {
+    return ec == std::errc::operation_would_block ||
+           ec == std::errc::resource_unavailable_try_again ||
+           ec == std::errc::operation_in_progress;
+}
+inline bool interrupted(const std::error_code& ec) { return ec == std::errc::interrupted; }
+
+// Calls `call` again while a signal interrupts it (EINTR); every blocking-capable system call
+// goes through here. Returns its result; on failure (negative) `ec` says why.
+template <class Call>
+auto retry_interrupted(std::error_code& ec, Call call) {
+    for (;;) {
+        auto result = call();
+        if (result >= 0) {
+            ec.clear();
+            return result;
+        }
+        ec = last_error();
+        if (!interrupted(ec)) return result;
+    }
+}
 
 // Every client costs a descriptor, and POSIX caps them per process (`ulimit -n`, often 1,024).
 // Raises the soft limit toward `wanted` as far as the hard limit allows; returns the limit now
@@ -266,6 +291,12 @@ inline std::size_t raise_descriptor_limit(std::size_t wanted) {
     if (::setrlimit(RLIMIT_NOFILE, &raised) == 0) lim = raised;
     return static_cast<std::size_t>(lim.rlim_cur);
 #endif
+}
+
+// Out of descriptors or of the memory for one more socket: a reason to pause accepting.
+inline bool out_of_descriptors(const std::error_code& ec) {
+    return ec == std::errc::too_many_files_open || ec == std::errc::no_buffer_space ||
+           ec == std::errc::too_many_files_open_in_system || ec == std::errc::not_enough_memory;
 }
 
 // getaddrinfo() reports its own error codes; give them their own category and text.
@@ -319,7 +350,7 @@ public:
     ~Socket() { close(); }
     Socket(Socket&& other) noexcept : s_(other.release()) {}
     Socket& operator=(Socket&& other) noexcept {
-        if (this != &other) { close(); s_ = other.release(); }
+        if (this != &other) close(), s_ = other.release();
         return *this;
     }
     Socket(const Socket&) = delete;
@@ -328,7 +359,7 @@ public:
     socket_t get() const { return s_; }
     bool valid() const { return s_ != invalid_socket; }
     explicit operator bool() const { return valid(); }
-    socket_t release() { socket_t s = s_; s_ = invalid_socket; return s; }
+    socket_t release() { return std::exchange(s_, invalid_socket); }
     void close() noexcept {
         if (valid()) detail::close_socket(release());
     }
@@ -339,7 +370,9 @@ private:
 
 namespace detail {
 
-struct AddrInfoDeleter { void operator()(addrinfo* a) const { ::freeaddrinfo(a); } };
+struct AddrInfoDeleter {
+    void operator()(addrinfo* a) const { ::freeaddrinfo(a); }
+};
 using AddrInfoList = std::unique_ptr<addrinfo, AddrInfoDeleter>;
 
 inline AddrInfoList resolve(const std::string& host, std::uint16_t port, bool passive,
@@ -350,53 +383,120 @@ inline AddrInfoList resolve(const std::string& host, std::uint16_t port, bool pa
     hints.ai_socktype = SOCK_STREAM;
     hints.ai_flags = AI_NUMERICSERV | (passive ? AI_PASSIVE : 0);
     addrinfo* list = nullptr;
-    std::string service = std::to_string(port);
+    const std::string service = std::to_string(port);
     int rc = ::getaddrinfo(host.empty() ? nullptr : host.c_str(), service.c_str(), &hints, &list);
-    if (rc != 0) {
-#if !defined(_WIN32)
-        if (rc == EAI_SYSTEM) { ec = last_error(); return nullptr; }
-#endif
-        ec = {rc, resolver_category()};
-        return nullptr;
-    }
     ec.clear();
-    return AddrInfoList(list);
+#if !defined(_WIN32)
+    if (rc == EAI_SYSTEM) ec = last_error();
+#endif
+    if (rc != 0 && !ec) ec = {rc, resolver_category()};
+    return AddrInfoList(rc == 0 ? list : nullptr);
 }
 
-inline std::error_code wait_writable(socket_t s, milliseconds timeout);
+// Vectored send: a list of buffers in one system call. IoBuffer is the OS's own type (iovec,
+// WSABUF), filled in place by the output queue.
+#if defined(_WIN32)
+using IoBuffer = WSABUF;
+inline void set_buffer(IoBuffer& b, const char* data, std::size_t size) {
+    b.buf = const_cast<char*>(data);
+    b.len = static_cast<ULONG>(size);
+}
+inline std::size_t send_buffers(socket_t s, IoBuffer* buffers, std::size_t n, std::error_code& ec) {
+    DWORD sent = 0;
+    retry_interrupted(ec, [&] {
+        return ::WSASend(s, buffers, static_cast<DWORD>(n), &sent, 0, nullptr, nullptr);
+    });
+    return ec ? 0 : sent;
+}
+#else
+using IoBuffer = iovec;
+inline void set_buffer(IoBuffer& b, const char* data, std::size_t size) {
+    b.iov_base = const_cast<char*>(data);
+    b.iov_len = size;
+}
+inline std::size_t send_buffers(socket_t s, IoBuffer* buffers, std::size_t n, std::error_code& ec) {
+    msghdr msg{};
+    msg.msg_iov = buffers;
+    msg.msg_iovlen = static_cast<decltype(msg.msg_iovlen)>(n);
+    ssize_t sent = retry_interrupted(ec, [&] { return ::sendmsg(s, &msg, send_flags); });
+    return sent < 0 ? 0 : static_cast<std::size_t>(sent);
+}
+#endif
+// At most this many buffers go in one call (Linux and the BSDs allow 1,024, POSIX only 16): a
+// queue of small frames leaves in a few large writes.
+#if defined(IOV_MAX) && IOV_MAX < 1024
+constexpr std::size_t max_send_buffers = IOV_MAX;
+#else
+constexpr std::size_t max_send_buffers = 1024;
+#endif
 
-}  // namespace detail
+// The poll() call, the same on both: MinGW's and MSVC's WSAPOLLFD has pollfd's layout.
+#if defined(_WIN32)
+using pollfd_t = WSAPOLLFD;
+constexpr const char* poll_backend = "WSAPoll";
+inline int poll_sockets(pollfd_t* fds, std::size_t n, int timeout_ms) {
+    return ::WSAPoll(fds, static_cast<ULONG>(n), timeout_ms);
+}
+#else
+using pollfd_t = pollfd;
+constexpr const char* poll_backend = "poll";
+inline int poll_sockets(pollfd_t* fds, std::size_t n, int timeout_ms) {
+    return ::poll(fds, static_cast<nfds_t>(n), timeout_ms);
+}
+#endif
+
+// Waits until a connecting socket is connected (or has failed), up to `timeout`.
+inline std::error_code wait_connected(socket_t s, milliseconds timeout) {
+    const long long ms = std::max<long long>(timeout.count(), 0);
+    std::error_code ec;
+#if defined(_WIN32)
+    // select(), not WSAPoll: WSAPoll does not report a failed connect on older Windows.
+    fd_set writable, failed;
+    FD_ZERO(&writable);
+    FD_ZERO(&failed);
+    FD_SET(s, &writable);
+    FD_SET(s, &failed);
+    timeval tv{static_cast<long>(ms / 1000), static_cast<long>(ms % 1000 * 1000)};
+    int n = retry_interrupted(ec, [&] { return ::select(0, nullptr, &writable, &failed, &tv); });
+#else
+    pollfd p{s, POLLOUT, 0};  // (an interrupted wait starts its time again: rare, and bounded)
+    int n = retry_interrupted(ec, [&] { return poll_sockets(&p, 1, static_cast<int>(ms)); });
+#endif
+    if (ec) return ec;
+    if (n == 0) return std::make_error_code(std::errc::timed_out);
+    int err = 0;
+    socklen_t len = sizeof err;
+    ::getsockopt(s, SOL_SOCKET, SO_ERROR, reinterpret_cast<char*>(&err), &len);
+    return err ? std::error_code(err, os_category()) : std::error_code();
+}
 
 // "127.0.0.1:1234" or "[::1]:1234" for a socket address.
 inline std::string format_address(const sockaddr* addr, socklen_t len) {
-    detail::start_network();
+    start_network();
     char host[INET6_ADDRSTRLEN + 1] = "?";
     char port[8] = "0";
     ::getnameinfo(addr, len, host, sizeof host, port, sizeof port, NI_NUMERICHOST | NI_NUMERICSERV);
     return addr->sa_family == AF_INET6 ? "[" + std::string(host) + "]:" + port
                                        : std::string(host) + ":" + port;
 }
+}  // namespace detail
 
 // The port a socket is bound to (after binding port 0, the one the OS chose).
 inline std::uint16_t local_port(socket_t s) {
     sockaddr_storage addr{};
     socklen_t len = sizeof addr;
     if (::getsockname(s, reinterpret_cast<sockaddr*>(&addr), &len) != 0) return 0;
-    if (addr.ss_family == AF_INET6)
-        return ntohs(reinterpret_cast<sockaddr_in6*>(&addr)->sin6_port);
+    if (addr.ss_family == AF_INET6) return ntohs(reinterpret_cast<sockaddr_in6*>(&addr)->sin6_port);
     return ntohs(reinterpret_cast<sockaddr_in*>(&addr)->sin_port);
 }
 
 // Reads a port number from a command line: 0 to 65535, digits only.
 inline bool parse_port(std::string_view text, std::uint16_t& port) {
-    if (text.empty() || text.size() > 5) return false;
-    unsigned value = 0;
-    for (char c : text) {
-        if (c < '0' || c > '9') return false;
-        value = value * 10 + static_cast<unsigned>(c - '0');
-    }
-    if (value > 65535) return false;
-    port = static_cast<std::uint16_t>(value);
+    std::uint16_t value = 0;
+    const char* end = text.data() + text.size();
+    auto [stop, ec] = std::from_chars(text.data(), end, value);
+    if (text.empty() || ec != std::errc() || stop != end) return false;
+    port = value;
     return true;
 }
 
@@ -407,7 +507,7 @@ inline std::vector<std::string> command_line(int argc, char** argv) {
     int n = 0;
     if (LPWSTR* wide = ::CommandLineToArgvW(::GetCommandLineW(), &n)) {
         std::vector<std::string> args;
-        for (int i = 0; i < n; ++i) args.push_back(detail::narrow(wide[i], -1).c_str());
+        for (int i = 0; i < n; ++i) args.push_back(detail::narrow(wide[i], -1));
         ::LocalFree(wide);
         return args;
     }
@@ -420,10 +520,9 @@ inline std::vector<std::string> command_line(int argc, char** argv) {
 inline Socket listen_tcp(const std::string& host, std::uint16_t port, std::error_code& ec,
                          int backlog = SOMAXCONN) {
     auto list = detail::resolve(host, port, true, ec);
-    if (!list) return Socket();
     for (addrinfo* ai = list.get(); ai; ai = ai->ai_next) {
         Socket s(::socket(ai->ai_family, ai->ai_socktype, ai->ai_protocol));
-        if (!s) { ec = detail::last_error(); continue; }
+        if (!s && (ec = detail::last_error())) continue;
 #if defined(_WIN32)
         // Windows' SO_REUSEADDR lets another program steal the port; this is its safe variant.
         detail::set_option(s.get(), SOL_SOCKET, SO_EXCLUSIVEADDRUSE, 1);
@@ -431,7 +530,7 @@ inline Socket listen_tcp(const std::string& host, std::uint16_t port, std::error
         // A restarted server binds at once instead of waiting out TIME_WAIT.
         detail::set_option(s.get(), SOL_SOCKET, SO_REUSEADDR, 1);
 #endif
-        if (ai->ai_family == AF_INET6)  // dual stack: "::" also accepts IPv4 (Windows defaults off)
+        if (ai->ai_family == AF_INET6)  // dual stack: "::" also takes IPv4 (Windows defaults off)
             detail::set_option(s.get(), IPPROTO_IPV6, IPV6_V6ONLY, 0);
         if (::bind(s.get(), ai->ai_addr, static_cast<socklen_t>(ai->ai_addrlen)) != 0 ||
             ::listen(s.get(), backlog) != 0 || (ec = detail::prepare_socket(s.get()))) {
@@ -449,36 +548,29 @@ inline Socket listen_tcp(const std::string& host, std::uint16_t port, std::error
 inline Socket accept_tcp(socket_t listener, std::error_code& ec, std::string* peer = nullptr) {
     sockaddr_storage addr{};
     socklen_t len = sizeof addr;
-    for (;;) {
-        Socket s(::accept(listener, reinterpret_cast<sockaddr*>(&addr), &len));
-        if (!s) {
-            ec = detail::last_error();
-            if (detail::interrupted(ec)) continue;
-            return s;
-        }
-        if ((ec = detail::prepare_socket(s.get()))) return Socket();
-        detail::set_option(s.get(), IPPROTO_TCP, TCP_NODELAY, 1);  // chat lines are small
-        if (peer) *peer = format_address(reinterpret_cast<sockaddr*>(&addr), len);
-        return s;
-    }
+    Socket s;
+    do s = Socket(::accept(listener, reinterpret_cast<sockaddr*>(&addr), &len));
+    while (!s && detail::interrupted(ec = detail::last_error()));
+    if (!s || (ec = detail::prepare_socket(s.get()))) return Socket();
+    detail::set_option(s.get(), IPPROTO_TCP, TCP_NODELAY, 1);  // chat lines are small
+    if (peer) *peer = detail::format_address(reinterpret_cast<sockaddr*>(&addr), len);
+    return s;
 }
 
 // Connects to host:port within timeout; the socket returned is non-blocking.
 inline Socket connect_tcp(const std::string& host, std::uint16_t port, milliseconds timeout,
                           std::error_code& ec) {
     auto list = detail::resolve(host, port, false, ec);
-    if (!list) return Socket();
     const auto deadline = Clock::now() + timeout;
     for (addrinfo* ai = list.get(); ai; ai = ai->ai_next) {
         Socket s(::socket(ai->ai_family, ai->ai_socktype, ai->ai_protocol));
-        if (!s) { ec = detail::last_error(); continue; }
-        if ((ec = detail::prepare_socket(s.get()))) continue;
+        if ((!s && (ec = detail::last_error())) || (ec = detail::prepare_socket(s.get()))) continue;
         detail::set_option(s.get(), IPPROTO_TCP, TCP_NODELAY, 1);
         if (::connect(s.get(), ai->ai_addr, static_cast<socklen_t>(ai->ai_addrlen)) != 0) {
             ec = detail::last_error();
             if (!detail::would_block(ec)) continue;
             auto left = std::chrono::duration_cast<milliseconds>(deadline - Clock::now());
-            if ((ec = detail::wait_writable(s.get(), std::max(left, milliseconds(0))))) continue;
+            if ((ec = detail::wait_connected(s.get(), std::max(left, milliseconds(0))))) continue;
         }
         ec.clear();
         return s;
@@ -487,83 +579,25 @@ inline Socket connect_tcp(const std::string& host, std::uint16_t port, milliseco
 }
 
 // Sends what the socket takes now. Returns the byte count; 0 with ec set on error
-// (would_block(ec) when the socket is full). EINTR is retried.
+// (would_block(ec) when the socket is full).
 inline std::size_t send_some(socket_t s, const char* data, std::size_t size, std::error_code& ec) {
-    for (;;) {
-#if defined(_WIN32)
-        int n = ::send(s, data, static_cast<int>(std::min<std::size_t>(size, 1u << 30)), 0);
-#else
-        ssize_t n = ::send(s, data, size, detail::send_flags);
-#endif
-        if (n >= 0) { ec.clear(); return static_cast<std::size_t>(n); }
-        ec = detail::last_error();
-        if (!detail::interrupted(ec)) return 0;
-    }
-}
-
-// A view of bytes to send; a list of them goes out in one system call (writev / WSASend).
-struct ConstBuffer {
-    const char* data;
-    std::size_t size;
-};
-
-// At most this many buffers go in one call (Linux and the BSDs allow 1,024, POSIX only 16): a
-// queue of small frames leaves in a few large writes.
-#if defined(IOV_MAX) && IOV_MAX < 1024
-constexpr std::size_t max_send_buffers = IOV_MAX;
-#else
-constexpr std::size_t max_send_buffers = 1024;
-#endif
-
-inline std::size_t send_buffers(socket_t s, const ConstBuffer* buffers, std::size_t count,
-                                 std::error_code& ec) {
-    constexpr std::size_t max_buffers = max_send_buffers;
-    count = std::min(count, max_buffers);
-#if defined(_WIN32)
-    WSABUF bufs[max_buffers];
-    for (std::size_t i = 0; i < count; ++i) {
-        bufs[i].buf = const_cast<char*>(buffers[i].data);
-        bufs[i].len = static_cast<ULONG>(buffers[i].size);
-    }
-    DWORD sent = 0;
-    if (::WSASend(s, bufs, static_cast<DWORD>(count), &sent, 0, nullptr, nullptr) != 0) {
-        ec = detail::last_error();
-        return 0;
-    }
-    ec.clear();
-    return sent;
-#else
-    iovec iov[max_buffers];
-    for (std::size_t i = 0; i < count; ++i) {
-        iov[i].iov_base = const_cast<char*>(buffers[i].data);
-        iov[i].iov_len = buffers[i].size;
-    }
-    msghdr msg{};
-    msg.msg_iov = iov;
-    msg.msg_iovlen = static_cast<decltype(msg.msg_iovlen)>(count);
-    for (;;) {
-        ssize_t n = ::sendmsg(s, &msg, detail::send_flags);
-        if (n >= 0) { ec.clear(); return static_cast<std::size_t>(n); }
-        ec = detail::last_error();
-        if (!detail::interrupted(ec)) return 0;
-    }
-#endif
+    size = std::min<std::size_t>(size, 1u << 30);  // Winsock counts in int
+    auto n = detail::retry_interrupted(ec, [&] {
+        return ::send(s, data, static_cast<detail::io_size>(size), detail::send_flags);
+    });
+    return n < 0 ? 0 : static_cast<std::size_t>(n);
 }
 
 // Receives what is there. Returns the byte count; 0 with !ec means the peer closed;
 // 0 with ec set is an error (would_block(ec) when nothing is there yet).
 inline std::size_t recv_some(socket_t s, char* data, std::size_t size, std::error_code& ec) {
-    for (;;) {
-#if defined(_WIN32)
-        int n = ::recv(s, data, static_cast<int>(std::min<std::size_t>(size, 1u << 30)), 0);
-#else
-        ssize_t n = ::recv(s, data, size, 0);
-#endif
-        if (n >= 0) { ec.clear(); return static_cast<std::size_t>(n); }
-        ec = detail::last_error();
-        if (!detail::interrupted(ec)) return 0;
-    }
+    size = std::min<std::size_t>(size, 1u << 30);
+    auto n = detail::retry_interrupted(
+        ec, [&] { return ::recv(s, data, static_cast<detail::io_size>(size), 0); });
+    return n < 0 ? 0 : static_cast<std::size_t>(n);
 }
+
+namespace detail {
 
 // Stops sending: the peer reads end-of-stream once it has everything sent before.
 inline void shutdown_send(socket_t s) {
@@ -572,6 +606,223 @@ inline void shutdown_send(socket_t s) {
 #else
     ::shutdown(s, SHUT_WR);
 #endif
+}
+
+// A one-way channel inside the process that a poller can watch: a socket pair, made by hand
+// on Windows (over loopback; WSAPoll only waits on sockets). Both ends non-blocking.
+inline void make_channel(Socket& read_end, Socket& write_end) {
+#if defined(_WIN32)
+    std::error_code ec;
+    Socket listener = listen_tcp("127.0.0.1", 0, ec, 1);
+    if (!ec)
+        read_end = connect_tcp("127.0.0.1", local_port(listener.get()), milliseconds(5000), ec);
+    const std::string ours = "127.0.0.1:" + std::to_string(local_port(read_end.get()));
+    for (int tries = 0; read_end && tries < 500 && !write_end; ++tries) {
+        std::string peer;
+        write_end = accept_tcp(listener.get(), ec, &peer);
+        if (write_end && peer != ours) write_end.close();  // another local program raced us
+        if (!write_end) ::Sleep(1);
+    }
+    if (!read_end || !write_end) throw std::system_error(ec, "chatsock: socket pair");
+#else
+    int fds[2];
+    if (::socketpair(AF_UNIX, SOCK_STREAM, 0, fds) != 0)
+        throw std::system_error(last_error(), "chatsock: socketpair");
+    read_end = Socket(fds[0]);
+    write_end = Socket(fds[1]);
+    prepare_socket(fds[0]);
+    prepare_socket(fds[1]);
+#endif
+}
+
+// Lets another thread or a signal handler interrupt a wait.
+class WakeChannel {
+public:
+    WakeChannel() { make_channel(read_, write_); }
+    socket_t socket() const { return read_.get(); }
+    // Async-signal-safe: one non-blocking write, errno preserved. A full channel already wakes.
+    void signal() noexcept {
+        const int saved = errno;
+        ::send(write_.get(), "!", 1, send_flags);
+        errno = saved;
+    }
+    void drain() noexcept {
+        char buf[256];
+        while (::recv(read_.get(), buf, sizeof buf, 0) > 0) {}
+    }
+
+private:
+    NetworkInit net_;
+    Socket read_, write_;
+};
+
+// "2026-11-25T03:39:03.123Z": UTC, milliseconds.
+inline std::string utc_timestamp(std::chrono::system_clock::time_point when) {
+    const auto ms = std::chrono::duration_cast<milliseconds>(when.time_since_epoch()).count();
+    const std::time_t secs = static_cast<std::time_t>(ms / 1000);
+    std::tm tm{};
+#if defined(_WIN32)
+    ::gmtime_s(&tm, &secs);
+#else
+    ::gmtime_r(&secs, &tm);
+#endif
+    char text[80];  // room for any int the compiler imagines
+    std::snprintf(text, sizeof text, "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ", tm.tm_year + 1900,
+                  tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec,
+                  static_cast<int>(ms % 1000));
+    return text;
+}
+
+// Opens a file to append to, UTF-8 path on Windows too, unbuffered so that each fwrite is
+// one write to the OS.
+inline std::FILE* open_append(const std::string& path, std::error_code& ec) {
+#if defined(_WIN32)
+    std::FILE* f = ::_wfopen(widen(path).c_str(), L"ab");
+#else
+    std::FILE* f = std::fopen(path.c_str(), "ae");  // e: close-on-exec
+#endif
+    ec = f ? std::error_code() : std::error_code(errno, std::generic_category());
+    if (f) std::setvbuf(f, nullptr, _IONBF, 0);
+    return f;
+}
+
+// Console output: a Windows console shows UTF-8 bytes in its own code page, so text goes to
+// it as UTF-16; pipes and files everywhere get the bytes as they are.
+inline void write_console_or_bytes(std::FILE* stream, std::string_view text) {
+#if defined(_WIN32)
+    const HANDLE h = ::GetStdHandle(stream == stderr ? STD_ERROR_HANDLE : STD_OUTPUT_HANDLE);
+    DWORD mode = 0;
+    if ((stream == stdout || stream == stderr) && ::GetConsoleMode(h, &mode)) {
+        std::fflush(stream);
+        const std::wstring wide = widen(text);
+        DWORD written = 0;
+        ::WriteConsoleW(h, wide.data(), static_cast<DWORD>(wide.size()), &written, nullptr);
+        return;
+    }
+#endif
+    std::fwrite(text.data(), 1, text.size(), stream);
+    std::fflush(stream);
+}
+
+// Standard input without blocking a loop: a descriptor the poller can watch, and a read of
+// what is there. A console cannot be waited on with WSAPoll, so on Windows a thread reads it
+// and passes the text on through a socket pair; it may outlive the reader (blocked in a read
+// of the console until the process exits).
+class StdinReader {
+public:
+#if defined(_WIN32)
+    // The console speaks UTF-8 while this exists; the previous code pages come back afterwards.
+    StdinReader() : input_cp_(::GetConsoleCP()), output_cp_(::GetConsoleOutputCP()) {
+        ::SetConsoleCP(CP_UTF8);
+        ::SetConsoleOutputCP(CP_UTF8);
+    }
+    ~StdinReader() {
+        if (input_cp_) ::SetConsoleCP(input_cp_);
+        if (output_cp_) ::SetConsoleOutputCP(output_cp_);
+    }
+    socket_t handle() {
+        if (!from_thread_) {  // the first look starts the thread
+            auto* to_reader = new Socket;
+            make_channel(from_thread_, *to_reader);
+            HANDLE t = ::CreateThread(nullptr, 0, forward_input, to_reader, 0, nullptr);
+            if (!t)
+                throw std::system_error(int(::GetLastError()), os_category(), "chatsock: stdin");
+            ::CloseHandle(t);
+        }
+        return from_thread_.get();
+    }
+#else
+    static socket_t handle() { return 0; }
+#endif
+    // Appends what has arrived to `into`, first waiting for something when `wait` is set.
+    // Returns false once input has ended.
+    bool read_some(std::string& into, bool wait) {
+        pollfd_t p{handle(), POLLIN, 0};
+        if (wait) poll_sockets(&p, 1, -1);
+        char buf[65536];
+        std::error_code ec;
+#if defined(_WIN32)
+        long n = retry_interrupted(ec, [&] { return ::recv(p.fd, buf, sizeof buf, 0); });
+#else
+        long n = retry_interrupted(ec, [&] { return ::read(p.fd, buf, sizeof buf); });
+#endif
+        if (n > 0) into.append(buf, static_cast<std::size_t>(n));
+        return n > 0 || (n < 0 && would_block(ec));
+    }
+
+private:
+#if defined(_WIN32)
+    static DWORD WINAPI forward_input(void* arg) {
+        std::unique_ptr<Socket> out(static_cast<Socket*>(arg));
+        u_long blocking = 0;
+        ::ioctlsocket(out->get(), FIONBIO, &blocking);
+        const HANDLE in = ::GetStdHandle(STD_INPUT_HANDLE);
+        DWORD mode = 0, n = 0;
+        const bool console = ::GetConsoleMode(in, &mode) != 0;
+        for (bool more = true; more;) {
+            std::string chunk;
+            if (console) {  // UTF-16 from the console, whatever its code page, to UTF-8
+                wchar_t wide[4096];
+                // A line that starts with Ctrl+Z (Windows' end of input) or Ctrl+D (what a
+                // POSIX user types) ends the input; it is never sent as text.
+                more = ::ReadConsoleW(in, wide, 4096, &n, nullptr) && n > 0 && wide[0] != 0x1A &&
+                       wide[0] != 0x04;
+                if (more) chunk = narrow(wide, static_cast<int>(n));
+            } else {  // a pipe or a file: bytes as they are
+                char buf[65536];
+                more = ::ReadFile(in, buf, sizeof buf, &n, nullptr) && n > 0;
+                chunk.assign(buf, more ? n : 0);
+            }
+            for (std::size_t sent = 0; more && sent < chunk.size();) {
+                int k = ::send(out->get(), chunk.data() + sent, int(chunk.size() - sent), 0);
+                if (k <= 0) return 0;  // the reader is gone
+                sent += static_cast<std::size_t>(k);
+            }
+        }
+        return 0;  // closing `out` is the end of input for the reader
+    }
+    Socket from_thread_;
+    UINT input_cp_, output_cp_;
+#endif
+};
+
+// Ctrl+C, SIGTERM, or closing the console window call `on_stop()` (from a signal handler or
+// a system thread, so it must be async-signal-safe), which returns whether anyone was there
+// to stop. Windows ends the process once the handler returns from a console close: it waits
+// `grace_ms` first, for the program to say goodbye.
+inline std::atomic<bool (*)()> on_stop{nullptr};
+inline std::atomic<long long> stop_grace_ms{0};
+#if defined(_WIN32)
+inline BOOL WINAPI on_console_event(DWORD event) {  // runs on a thread of its own
+    if (event == CTRL_LOGOFF_EVENT || event == CTRL_SHUTDOWN_EVENT) return FALSE;
+    bool (*stop)() = on_stop.load();
+    if (!stop || !stop()) return FALSE;
+    if (event == CTRL_CLOSE_EVENT) ::Sleep(static_cast<DWORD>(stop_grace_ms.load()) + 500);
+    return TRUE;
+}
+inline void catch_stop_signals() { ::SetConsoleCtrlHandler(on_console_event, TRUE); }
+#else
+inline void on_stop_signal(int signal_number) {
+    if (signal_number == SIGINT && ::isatty(2)) {  // "^C" was echoed: what follows starts anew
+        [[maybe_unused]] ssize_t n = ::write(2, "\n", 1);
+    }
+    if (bool (*stop)() = on_stop.load()) stop();
+}
+inline void catch_stop_signals() {
+    struct sigaction action {};
+    action.sa_handler = on_stop_signal;
+    sigemptyset(&action.sa_mask);
+    ::sigaction(SIGINT, &action, nullptr);
+    ::sigaction(SIGTERM, &action, nullptr);
+}
+#endif
+
+}  // namespace detail
+
+// Writes UTF-8 text to stdout or stderr so that every character shows: to a Windows console
+// as UTF-16, to pipes and files (and any POSIX terminal) as bytes. Flushed at once.
+inline void write_text(std::FILE* stream, std::string_view text) {
+    detail::write_console_or_bytes(stream, text);
 }
 
 // ============================================================================================
@@ -588,108 +839,6 @@ struct PollEvent {
     bool hangup;    // POLLHUP/POLLERR: the peer is gone or the socket failed; read to learn why
 };
 
-namespace detail {
-
-#if defined(_WIN32)
-inline int poll_sockets(WSAPOLLFD* fds, std::size_t n, int timeout_ms) {
-    return ::WSAPoll(fds, static_cast<ULONG>(n), timeout_ms);
-}
-using pollfd_t = WSAPOLLFD;
-#else
-inline int poll_sockets(pollfd* fds, std::size_t n, int timeout_ms) {
-    return ::poll(fds, static_cast<nfds_t>(n), timeout_ms);
-}
-using pollfd_t = pollfd;
-#endif
-
-inline std::error_code wait_writable(socket_t s, milliseconds timeout) {
-#if defined(_WIN32)
-    // WSAPoll does not report a failed non-blocking connect on older Windows; select() does.
-    fd_set writable, failed;
-    FD_ZERO(&writable);
-    FD_ZERO(&failed);
-    FD_SET(s, &writable);
-    FD_SET(s, &failed);
-    timeval tv{static_cast<long>(timeout.count() / 1000), static_cast<long>(timeout.count() % 1000 * 1000)};
-    int n = ::select(0, nullptr, &writable, &failed, &tv);
-    if (n < 0) return last_error();
-    if (n == 0) return std::make_error_code(std::errc::timed_out);
-#else
-    pollfd p{s, POLLOUT, 0};
-    const auto deadline = Clock::now() + timeout;
-    for (;;) {
-        auto left = std::chrono::duration_cast<milliseconds>(deadline - Clock::now()).count();
-        int n = ::poll(&p, 1, static_cast<int>(std::max<long long>(left, 0)));
-        if (n > 0) break;
-        if (n == 0) return std::make_error_code(std::errc::timed_out);
-        if (errno != EINTR) return last_error();
-    }
-#endif
-    int err = 0;
-    socklen_t len = sizeof err;
-    ::getsockopt(s, SOL_SOCKET, SO_ERROR, reinterpret_cast<char*>(&err), &len);
-    return err ? std::error_code(err, os_category()) : std::error_code();
-}
-
-// Lets another thread or a signal handler interrupt a wait: a pipe on POSIX, a connected
-// loopback socket pair on Windows (WSAPoll only waits on sockets).
-class WakeChannel {
-public:
-    WakeChannel() {
-#if defined(_WIN32)
-        std::error_code ec;
-        Socket listener = listen_tcp("127.0.0.1", 0, ec, 1);
-        if (!ec) read_ = connect_tcp("127.0.0.1", local_port(listener.get()), milliseconds(5000), ec);
-        if (!ec) {
-            std::string peer, ours = "127.0.0.1:" + std::to_string(local_port(read_.get()));
-            for (int tries = 0; tries < 500 && !write_; ++tries) {
-                write_ = accept_tcp(listener.get(), ec, &peer);
-                if (write_ && peer != ours) write_.close();  // another local program raced us
-                if (!write_) ::Sleep(1);
-            }
-        }
-        if (!read_ || !write_) throw std::system_error(ec, "chatsock: wake channel");
-#else
-        int fds[2];
-        if (::pipe(fds) != 0) throw std::system_error(last_error(), "chatsock: pipe");
-        read_ = Socket(fds[0]);
-        write_ = Socket(fds[1]);
-        set_nonblocking(fds[0]);
-        set_nonblocking(fds[1]);
-#endif
-    }
-    socket_t socket() const { return read_.get(); }
-    // Async-signal-safe: one non-blocking write, errno preserved. A full pipe already wakes.
-    void signal() noexcept {
-#if defined(_WIN32)
-        ::send(write_.get(), "!", 1, 0);
-#else
-        int saved = errno;
-        [[maybe_unused]] ssize_t n = ::write(write_.get(), "!", 1);
-        errno = saved;
-#endif
-    }
-    void drain() noexcept {
-        char buf[256];
-#if defined(_WIN32)
-        while (::recv(read_.get(), buf, sizeof buf, 0) > 0) {}
-#else
-        while (::read(read_.get(), buf, sizeof buf) > 0) {}
-#endif
-    }
-
-private:
-    NetworkInit net_;
-    Socket read_, write_;
-};
-
-// Bits shared by the backends: poll()-style flags to PollEvent.
-inline short poll_interest(unsigned interest) {
-    return static_cast<short>(((interest & want_read) ? POLLIN : 0) | ((interest & want_write) ? POLLOUT : 0));
-}
-
-}  // namespace detail
-
 // The portable backend: poll() on POSIX, WSAPoll on Windows. O(1) add/modify/remove through
 // an index from socket to slot; wait() is O(sockets watched).
 class PollPoller {
@@ -699,21 +848,21 @@ public:
     std::error_code add(socket_t s, unsigned interest) {
         if (index_.count(s)) return std::make_error_code(std::errc::file_exists);
         index_[s] = fds_.size();
-        fds_.push_back(detail::pollfd_t{s, detail::poll_interest(interest), 0});
+        fds_.push_back(detail::pollfd_t{s, events_for(interest), 0});
         return {};
     }
     std::error_code modify(socket_t s, unsigned interest) {
         auto it = index_.find(s);
         if (it == index_.end()) return std::make_error_code(std::errc::no_such_file_or_directory);
-        fds_[it->second].events = detail::poll_interest(interest);
+        fds_[it->second].events = events_for(interest);
         return {};
     }
     std::error_code remove(socket_t s) {
         auto it = index_.find(s);
         if (it == index_.end()) return std::make_error_code(std::errc::no_such_file_or_directory);
-        std::size_t slot = it->second;
+        const std::size_t slot = it->second;
         index_.erase(it);
-        if (slot != fds_.size() - 1) {
+        if (slot != fds_.size() - 1) {  // the last one fills the hole
             fds_[slot] = fds_.back();
             index_[fds_[slot].fd] = slot;
         }
@@ -733,7 +882,10 @@ public:
             const auto& p = fds_[i];
             if (p.revents == 0) continue;
             --n;
-            if (p.fd == wake_.socket()) { wake_.drain(); continue; }
+            if (p.fd == wake_.socket()) {
+                wake_.drain();
+                continue;
+            }
             events.push_back({p.fd, (p.revents & POLLIN) != 0, (p.revents & POLLOUT) != 0,
                               (p.revents & (POLLHUP | POLLERR | POLLNVAL)) != 0});
         }
@@ -741,15 +893,13 @@ public:
     }
     // Interrupts a wait from any thread or from a signal handler.
     void wake() noexcept { wake_.signal(); }
-    static const char* backend() {
-#if defined(_WIN32)
-        return "WSAPoll";
-#else
-        return "poll";
-#endif
-    }
+    static const char* backend() { return detail::poll_backend; }
 
 private:
+    static short events_for(unsigned interest) {
+        return static_cast<short>(((interest & want_read) ? POLLIN : 0) |
+                                  ((interest & want_write) ? POLLOUT : 0));
+    }
     detail::WakeChannel wake_;
     std::vector<detail::pollfd_t> fds_;
     std::unordered_map<socket_t, std::size_t> index_;
@@ -761,10 +911,15 @@ class EpollPoller {
 public:
     EpollPoller() : ep_(::epoll_create1(EPOLL_CLOEXEC)) {
         if (!ep_) throw std::system_error(detail::last_error(), "chatsock: epoll_create1");
-        if (auto ec = add(wake_.socket(), want_read)) throw std::system_error(ec, "chatsock: epoll");
+        if (auto ec = add(wake_.socket(), want_read))
+            throw std::system_error(ec, "chatsock: epoll");
     }
-    std::error_code add(socket_t s, unsigned interest) { return control(EPOLL_CTL_ADD, s, interest); }
-    std::error_code modify(socket_t s, unsigned interest) { return control(EPOLL_CTL_MOD, s, interest); }
+    std::error_code add(socket_t s, unsigned interest) {
+        return control(EPOLL_CTL_ADD, s, interest);
+    }
+    std::error_code modify(socket_t s, unsigned interest) {
+        return control(EPOLL_CTL_MOD, s, interest);
+    }
     std::error_code remove(socket_t s) { return control(EPOLL_CTL_DEL, s, 0); }
 
     std::error_code wait(std::vector<PollEvent>& events, int timeout_ms) {
@@ -775,9 +930,12 @@ public:
         for (int i = 0; i < n; ++i) {
             const int fd = ready[i].data.fd;
             const auto e = ready[i].events;
-            if (fd == wake_.socket()) { wake_.drain(); continue; }
-            events.push_back({fd, (e & EPOLLIN) != 0, (e & EPOLLOUT) != 0,
-                              (e & (EPOLLHUP | EPOLLERR)) != 0});
+            if (fd == wake_.socket()) {
+                wake_.drain();
+                continue;
+            }
+            events.push_back(
+                {fd, (e & EPOLLIN) != 0, (e & EPOLLOUT) != 0, (e & (EPOLLHUP | EPOLLERR)) != 0});
         }
         return {};
     }
@@ -787,7 +945,8 @@ public:
 private:
     std::error_code control(int op, socket_t s, unsigned interest) {
         epoll_event ev{};
-        ev.events = ((interest & want_read) ? EPOLLIN : 0u) | ((interest & want_write) ? EPOLLOUT : 0u);
+        ev.events =
+            ((interest & want_read) ? EPOLLIN : 0u) | ((interest & want_write) ? EPOLLOUT : 0u);
         ev.data.fd = s;
         return ::epoll_ctl(ep_.get(), op, s, &ev) == 0 ? std::error_code() : detail::last_error();
     }
@@ -804,6 +963,8 @@ using Poller = PollPoller;
 // ============================================================================================
 
 constexpr std::size_t header_size = 10;
+
+namespace detail {
 constexpr std::size_t default_max_payload = 64 * 1024;
 constexpr std::size_t default_max_name_bytes = 32;
 
@@ -811,19 +972,18 @@ constexpr std::size_t default_max_name_bytes = 32;
 // payload. Throws std::length_error for a payload whose length does not fit in 10 digits.
 inline void append_frame(std::string& out, std::string_view payload) {
     if (payload.size() > 9'999'999'999ull) throw std::length_error("chatsock: frame too large");
-    char digits[header_size];
-    std::size_t n = 0;
-    for (unsigned long long v = payload.size(); n == 0 || v != 0; v /= 10) digits[n++] = char('0' + v % 10);
-    const std::size_t at = out.size();
-    out.append(header_size, ' ');  // left-aligned: the digits first, then the padding
-    for (std::size_t i = 0; i < n; ++i) out[at + i] = digits[n - 1 - i];
+    char header[header_size];
+    std::fill(header, header + header_size, ' ');  // left-aligned: digits, then the padding
+    std::to_chars(header, header + header_size, static_cast<unsigned long long>(payload.size()));
+    out.append(header, header_size);
     out.append(payload.data(), payload.size());
 }
+}  // namespace detail
 
 inline std::string encode_frame(std::string_view payload) {
     std::string out;
     out.reserve(header_size + payload.size());
-    append_frame(out, payload);
+    detail::append_frame(out, payload);
     return out;
 }
 
@@ -831,23 +991,26 @@ inline std::string encode_frame(std::string_view payload) {
 // Returns false for anything else: signs, letters, inner spaces, an all-space header.
 inline bool parse_header(std::string_view header, unsigned long long& length) {
     if (header.size() != header_size) return false;
-    std::size_t i = 0;
-    while (i < header.size() && header[i] == ' ') ++i;
-    const std::size_t first_digit = i;
-    length = 0;
-    while (i < header.size() && header[i] >= '0' && header[i] <= '9')
-        length = length * 10 + static_cast<unsigned>(header[i++] - '0');  // 10 digits fit in 64 bits
-    if (i == first_digit) return false;
-    while (i < header.size() && header[i] == ' ') ++i;
-    return i == header.size();
+    const char* p = header.data();
+    const char* end = p + header.size();
+    while (p < end && *p == ' ') ++p;
+    auto [stop, ec] = std::from_chars(p, end, length);  // digits only: no sign, no space
+    if (ec != std::errc()) return false;
+    while (stop < end && *stop == ' ') ++stop;
+    return stop == end;
 }
 
+namespace detail {
 // Decodes one UTF-8 sequence at s[i]; returns its length, or 0 if it is not valid UTF-8
 // (overlong forms, surrogates and code points past U+10FFFF are all invalid).
 inline std::size_t utf8_sequence(std::string_view s, std::size_t i, char32_t& cp) {
     const auto byte = [&](std::size_t k) { return static_cast<unsigned char>(s[k]); };
     const unsigned char b0 = byte(i);
-    std::size_t len = b0 < 0x80 ? 1 : (b0 >> 5) == 0x6 ? 2 : (b0 >> 4) == 0xE ? 3 : (b0 >> 3) == 0x1E ? 4 : 0;
+    const std::size_t len = b0 < 0x80           ? 1
+                            : (b0 >> 5) == 0x6  ? 2
+                            : (b0 >> 4) == 0xE  ? 3
+                            : (b0 >> 3) == 0x1E ? 4
+                                                : 0;
     if (len == 0 || i + len > s.size()) return 0;
     cp = len == 1 ? b0 : len == 2 ? (b0 & 0x1Fu) : len == 3 ? (b0 & 0x0Fu) : (b0 & 0x07u);
     for (std::size_t k = 1; k < len; ++k) {
@@ -859,16 +1022,21 @@ inline std::size_t utf8_sequence(std::string_view s, std::size_t i, char32_t& cp
     return len;
 }
 
-namespace detail {
 // Chat text is mostly plain ASCII, so validating and escaping skip it eight bytes at a time:
 // a few word operations tell whether any byte of a 64-bit word needs a closer look.
-inline std::uint64_t load8(const char* p) { std::uint64_t w; std::memcpy(&w, p, 8); return w; }
+inline std::uint64_t load8(const char* p) {
+    std::uint64_t w;
+    std::memcpy(&w, p, 8);
+    return w;
+}
 constexpr std::uint64_t bytes_of(unsigned char b) { return 0x0101010101010101ull * b; }
 constexpr std::uint64_t high_bits = bytes_of(0x80);
 constexpr std::uint64_t has_byte_below(std::uint64_t w, unsigned char n) {  // n <= 0x80
     return (w - bytes_of(n)) & ~w & high_bits;
 }
-constexpr std::uint64_t has_byte(std::uint64_t w, unsigned char b) { return has_byte_below(w ^ bytes_of(b), 1); }
+constexpr std::uint64_t has_byte(std::uint64_t w, unsigned char b) {
+    return has_byte_below(w ^ bytes_of(b), 1);
+}
 
 // How many bytes from s[i] on are ASCII.
 inline std::size_t ascii_run(std::string_view s, std::size_t i) {
@@ -895,21 +1063,19 @@ inline std::size_t plain_run(std::string_view s, std::size_t i, bool escape_back
 inline bool is_valid_utf8(std::string_view s) {
     char32_t cp;
     for (std::size_t i = 0, n; i < s.size(); i += n)
-        if ((n = detail::ascii_run(s, i)) == 0 && (n = utf8_sequence(s, i, cp)) == 0) return false;
+        if ((n = detail::ascii_run(s, i)) == 0 && (n = detail::utf8_sequence(s, i, cp)) == 0)
+            return false;
     return true;
 }
 
 inline bool is_control(char32_t cp) { return cp < 0x20 || (cp >= 0x7F && cp <= 0x9F); }
 
-// Makes received text safe for a terminal or a one-line-per-event file: control characters
-// (C0, DEL, C1 — the bytes that start terminal escape sequences) and invalid UTF-8 bytes
-// become visible escapes like \n, \x1b, \u009b; everything else passes unchanged.
-// With escape_backslash, a literal backslash is doubled so the escaping can be undone.
-// append_printable() writes the result to the end of `out` (no allocation of its own).
+namespace detail {
+// printable(), written to the end of `out` (no allocation of its own).
 inline void append_printable(std::string& out, std::string_view s, bool escape_backslash = false) {
     char hex[8];
     for (std::size_t i = 0, n; i < s.size(); i += n) {
-        if ((n = detail::plain_run(s, i, escape_backslash)) > 0) {  // most text: one append
+        if ((n = plain_run(s, i, escape_backslash)) > 0) {  // most text: one append
             out.append(s.data() + i, n);
             continue;
         }
@@ -919,22 +1085,33 @@ inline void append_printable(std::string& out, std::string_view s, bool escape_b
             std::snprintf(hex, sizeof hex, "\\x%02x", static_cast<unsigned char>(s[i]));
             out += hex;
             n = 1;
-        } else if (cp == '\n') { out += "\\n";
-        } else if (cp == '\r') { out += "\\r";
-        } else if (cp == '\t') { out += "\\t";
-        } else if (cp == '\\' && escape_backslash) { out += "\\\\";
+        } else if (cp == '\n') {
+            out += "\\n";
+        } else if (cp == '\r') {
+            out += "\\r";
+        } else if (cp == '\t') {
+            out += "\\t";
+        } else if (cp == '\\' && escape_backslash) {
+            out += "\\\\";
         } else if (is_control(cp)) {
-            std::snprintf(hex, sizeof hex, cp < 0x80 ? "\\x%02x" : "\\u%04x", static_cast<unsigned>(cp));
+            std::snprintf(hex, sizeof hex, cp < 0x80 ? "\\x%02x" : "\\u%04x",
+                          static_cast<unsigned>(cp));
             out += hex;
         } else {
             out.append(s.data() + i, n);
         }
     }
 }
+}  // namespace detail
+
+// Makes received text safe for a terminal or a one-line-per-event file: control characters
+// (C0, DEL, C1 — the bytes that start terminal escape sequences) and invalid UTF-8 bytes
+// become visible escapes like \n, \x1b, \u009b; everything else passes unchanged.
+// With escape_backslash, a literal backslash is doubled so the escaping can be undone.
 inline std::string printable(std::string_view s, bool escape_backslash = false) {
     std::string out;
     out.reserve(s.size());
-    append_printable(out, s, escape_backslash);
+    detail::append_printable(out, s, escape_backslash);
     return out;
 }
 
@@ -943,52 +1120,32 @@ inline std::string printable(std::string_view s, bool escape_backslash = false) 
 // payload is refused from its header alone, before any of it is buffered.
 class FrameDecoder {
 public:
-    explicit FrameDecoder(std::size_t max_payload = default_max_payload) : max_payload_(max_payload) {}
+    explicit FrameDecoder(std::size_t max_payload = detail::default_max_payload)
+        : max_payload_(max_payload) {}
 
-    void feed(const char* data, std::size_t size) {
-        if (!failed() && size) {
-            compact();
-            buffer_.append(data, size);
-        }
-    }
-    void feed(std::string_view bytes) { feed(bytes.data(), bytes.size()); }
-
-    // The next whole payload, or false when more bytes are needed or the stream is broken.
-    // The view stays valid until the next call to feed() or next().
-    bool next(std::string_view& payload) {
-        if (start_ == buffer_.size()) compact();
-        if (failed() || buffer_.size() - start_ < header_size) return false;
-        std::size_t length = 0;
-        if (!frame_length(buffer_.data() + start_, length)) return false;
-        if (buffer_.size() - start_ - header_size < length) return false;
-        payload = std::string_view(buffer_.data() + start_ + header_size, length);
-        start_ += header_size + length;
-        return true;
-    }
-
-    // The same decoding without the copy, for a reader with a chunk in hand: calls
-    // on_frame(payload) for each whole frame in `data` (after finishing one begun in an earlier
-    // chunk) and keeps only an unfinished last frame. The views live as long as the call.
-    // on_frame returns false to stop; the rest of the chunk is then dropped.
+    // Calls on_frame(payload) for each whole frame in `data` (after finishing one begun in an
+    // earlier chunk) and keeps only an unfinished last frame: frames are read straight from the
+    // chunk, without a copy. The views live as long as the call. on_frame returns false to
+    // stop; the rest of the chunk is then dropped.
     template <class OnFrame>
     void decode(const char* data, std::size_t size, OnFrame&& on_frame) {
-        for (std::string_view fed; next(fed);)  // frames left by feed(), if it was used
-            if (!on_frame(fed)) return;
         if (failed()) return;
-        if (buffered() > 0) {  // finish the frame begun before: its header, then its payload
-            compact();
+        if (!pending_.empty()) {  // finish the frame begun before: its header, then its payload
             auto take_up_to = [&](std::size_t total) {  // copies only this frame's own bytes
-                const std::size_t take = std::min(size, total > buffer_.size() ? total - buffer_.size() : 0);
-                buffer_.append(data, take);
+                const std::size_t take = std::min(size, total - std::min(total, pending_.size()));
+                pending_.append(data, take);
                 data += take, size -= take;
-                return buffer_.size() >= total;
+                return pending_.size() >= total;
             };
             std::size_t length = 0;
-            if (!take_up_to(header_size) || !frame_length(buffer_.data(), length) ||
+            if (!take_up_to(header_size) || !frame_length(pending_.data(), length) ||
                 !take_up_to(header_size + length))
                 return;  // the chunk is used up (or the header is bad)
-            start_ = buffer_.size();
-            if (!on_frame(std::string_view(buffer_.data() + header_size, length))) return;
+            const bool more = on_frame(std::string_view(pending_.data() + header_size, length));
+            // An idle connection does not keep a big buffer.
+            if (pending_.capacity() > 16384) std::string().swap(pending_);
+            else pending_.clear();
+            if (!more) return;
         }
         while (size >= header_size) {  // whole frames straight from the chunk
             std::size_t length = 0;
@@ -997,12 +1154,12 @@ public:
             if (!on_frame(std::string_view(data + header_size, length))) return;
             data += header_size + length, size -= header_size + length;
         }
-        if (size) feed(data, size);  // the start of a frame to finish next time
+        pending_.assign(data, size);  // the start of a frame to finish next time
     }
 
     bool failed() const { return !error_.empty(); }
     const std::string& error() const { return error_; }
-    std::size_t buffered() const { return buffer_.size() - start_; }  // bytes of unfinished frames
+    std::size_t buffered() const { return pending_.size(); }  // bytes of an unfinished frame
     std::size_t max_payload() const { return max_payload_; }
 
 private:
@@ -1010,7 +1167,8 @@ private:
     bool frame_length(const char* header_bytes, std::size_t& length) {
         const std::string_view header(header_bytes, header_size);
         unsigned long long value = 0;
-        if (!parse_header(header, value)) return fail("bad frame header \"" + printable(header) + "\"");
+        if (!parse_header(header, value))
+            return fail("bad frame header \"" + printable(header) + "\"");
         if (value > max_payload_)
             return fail("frame of " + std::to_string(value) + " bytes is over the limit of " +
                         std::to_string(max_payload_));
@@ -1019,27 +1177,16 @@ private:
     }
     bool fail(std::string why) {
         error_ = std::move(why);
-        buffer_.clear();
-        buffer_.shrink_to_fit();
-        start_ = 0;
+        std::string().swap(pending_);
         return false;
-    }
-    // Drops consumed bytes before growing: memory stays at most one frame plus one chunk.
-    void compact() {
-        if (start_ == 0) return;
-        if (start_ == buffer_.size() && buffer_.capacity() > 16384)
-            std::string().swap(buffer_);  // an idle connection does not keep a big buffer
-        else
-            buffer_.erase(0, start_);
-        start_ = 0;
     }
 
     std::size_t max_payload_;
-    std::string buffer_;
-    std::size_t start_ = 0;
+    std::string pending_;  // the start of a frame that has not arrived whole
     std::string error_;
 };
 
+namespace detail {
 // Names compare without regard to ASCII case: "Alice" and "alice" are the same user.
 inline std::string ascii_lower(std::string_view s) {
     std::string out(s);
@@ -1050,21 +1197,24 @@ inline std::string ascii_lower(std::string_view s) {
 inline bool equal_ignoring_ascii_case(std::string_view a, std::string_view b) {
     return a.size() == b.size() && ascii_lower(a) == ascii_lower(b);
 }
+}  // namespace detail
 
 // Checks a username against the rules every chatsock server applies; empty when it is fine,
 // otherwise the reason, ready to show to the user. (Uniqueness is the server's to check.)
 inline std::string check_username(std::string_view name, std::string_view reserved_name,
-                                  std::size_t max_bytes = default_max_name_bytes) {
+                                  std::size_t max_bytes = detail::default_max_name_bytes) {
     if (name.empty()) return "the name is empty";
-    if (name.size() > max_bytes) return "the name is longer than " + std::to_string(max_bytes) + " bytes";
+    if (name.size() > max_bytes)
+        return "the name is longer than " + std::to_string(max_bytes) + " bytes";
     if (!is_valid_utf8(name)) return "the name is not valid UTF-8";
     char32_t cp = 0;  // g++ -O1 -Werror=maybe-uninitialized cannot see that the check above sets it
     for (std::size_t i = 0, n; i < name.size(); i += n) {
-        n = utf8_sequence(name, i, cp);
+        n = detail::utf8_sequence(name, i, cp);
         if (is_control(cp)) return "the name contains control characters";
     }
     if (name.front() == ' ' || name.back() == ' ') return "the name starts or ends with a space";
-    if (equal_ignoring_ascii_case(name, reserved_name)) return "the name \"" + std::string(name) + "\" is reserved";
+    if (detail::equal_ignoring_ascii_case(name, reserved_name))
+        return "the name \"" + std::string(name) + "\" is reserved";
     return {};
 }
 
@@ -1080,8 +1230,8 @@ using SharedBytes = std::shared_ptr<const std::string>;
 inline SharedBytes encode_message(std::string_view from, std::string_view text) {
     auto bytes = std::make_shared<std::string>();
     bytes->reserve(2 * header_size + from.size() + text.size());
-    append_frame(*bytes, from);
-    append_frame(*bytes, text);
+    detail::append_frame(*bytes, from);
+    detail::append_frame(*bytes, text);
     return bytes;
 }
 
@@ -1102,21 +1252,26 @@ public:
     // a full socket just leaves the rest queued.
     std::error_code write_to(socket_t s) {
         while (!empty()) {
-            ConstBuffer buffers[max_send_buffers];
+            detail::IoBuffer buffers[detail::max_send_buffers];
             std::size_t count = 0;
-            for (std::size_t i = head_; i < chunks_.size() && count < max_send_buffers; ++i, ++count) {
+            for (std::size_t i = head_; i < chunks_.size() && count < detail::max_send_buffers;
+                 ++i, ++count) {
                 const std::size_t skip = count == 0 ? offset_ : 0;
-                buffers[count] = {chunks_[i]->data() + skip, chunks_[i]->size() - skip};
+                detail::set_buffer(buffers[count], chunks_[i]->data() + skip,
+                                   chunks_[i]->size() - skip);
             }
             std::error_code ec;
-            std::size_t sent = send_buffers(s, buffers, count, ec);
+            const std::size_t sent = detail::send_buffers(s, buffers, count, ec);
             if (ec) return detail::would_block(ec) ? std::error_code() : ec;
             consume(sent);
-            if (count < max_send_buffers && !empty()) return {};  // the socket took less than offered
+            if (count < detail::max_send_buffers && !empty()) return {};  // the socket is full
         }
         return {};
     }
-    void clear() { chunks_.clear(); head_ = bytes_ = offset_ = 0; }
+    void clear() {
+        chunks_.clear();
+        head_ = bytes_ = offset_ = 0;
+    }
 
 private:
     void consume(std::size_t n) {
@@ -1129,9 +1284,10 @@ private:
         if (empty()) {
             // Keeps room for one full writev for the next burst; gives a bigger vector back
             // (idle clients should cost little).
-            if (chunks_.capacity() > max_send_buffers) chunks_ = {}; else chunks_.clear();
+            if (chunks_.capacity() > detail::max_send_buffers) chunks_ = {};
+            else chunks_.clear();
             head_ = 0;
-        } else if (head_ >= 64 && head_ * 2 >= chunks_.size()) {  // a slow reader: reclaim the front
+        } else if (head_ >= 64 && head_ * 2 >= chunks_.size()) {  // a slow reader: reclaim
             chunks_.erase(chunks_.begin(), chunks_.begin() + static_cast<std::ptrdiff_t>(head_));
             head_ = 0;
         }
@@ -1143,156 +1299,63 @@ private:
 };
 
 namespace detail {
-
-// "2026-11-25T03:39:03.123Z"
-// Formats "2026-11-25T03:39:03.123Z"; the calendar part is worked out once per second.
-class UtcClock {
-public:
-    void append(std::string& out, std::chrono::system_clock::time_point when) {
-        const auto ms = std::chrono::duration_cast<milliseconds>(when.time_since_epoch()).count();
-        const long long secs = ms / 1000;
-        if (secs != cached_second_) {
-            const std::time_t t = static_cast<std::time_t>(secs);
-            std::tm tm{};
-#if defined(_WIN32)
-            ::gmtime_s(&tm, &t);
-#else
-            ::gmtime_r(&t, &tm);
-#endif
-            char text[80];  // room for any int the compiler imagines
-            std::snprintf(text, sizeof text, "%04d-%02d-%02dT%02d:%02d:%02d.", tm.tm_year + 1900,
-                          tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec);
-            prefix_ = text;
-            cached_second_ = secs;
-        }
-        const int milli = static_cast<int>(ms % 1000);
-        out += prefix_;
-        out += char('0' + milli / 100);
-        out += char('0' + milli / 10 % 10);
-        out += char('0' + milli % 10);
-        out += 'Z';
-    }
-
-private:
-    long long cached_second_ = -1;
-    std::string prefix_;
-};
-
-inline std::string utc_timestamp(std::chrono::system_clock::time_point when) {
-    std::string out;
-    UtcClock().append(out, when);
-    return out;
-}
-
-// An append-only file written with plain OS calls, so each write reaches the OS at once.
-class AppendFile {
-public:
-    std::error_code open(const std::string& path) {
-#if defined(_WIN32)
-        handle_ = ::CreateFileW(widen(path).c_str(), FILE_APPEND_DATA, FILE_SHARE_READ | FILE_SHARE_WRITE,
-                                nullptr, OPEN_ALWAYS, FILE_ATTRIBUTE_NORMAL, nullptr);
-        if (handle_ == INVALID_HANDLE_VALUE) return {static_cast<int>(::GetLastError()), os_category()};
-#else
-        fd_ = ::open(path.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
-        if (fd_ < 0) return last_error();
-#endif
-        return {};
-    }
-    std::error_code write(const std::string& bytes) {
-        std::size_t done = 0;
-        while (done < bytes.size()) {
-#if defined(_WIN32)
-            DWORD n = 0;
-            if (!::WriteFile(handle_, bytes.data() + done, static_cast<DWORD>(bytes.size() - done), &n, nullptr))
-                return {static_cast<int>(::GetLastError()), os_category()};
-#else
-            ssize_t n = ::write(fd_, bytes.data() + done, bytes.size() - done);
-            if (n < 0 && errno == EINTR) continue;
-            if (n < 0) return last_error();
-#endif
-            done += static_cast<std::size_t>(n);
-        }
-        return {};
-    }
-    ~AppendFile() {
-#if defined(_WIN32)
-        if (handle_ != INVALID_HANDLE_VALUE) ::CloseHandle(handle_);
-#else
-        if (fd_ >= 0) ::close(fd_);
-#endif
-    }
-    AppendFile() = default;
-    AppendFile(const AppendFile&) = delete;
-    AppendFile& operator=(const AppendFile&) = delete;
-
-private:
-#if defined(_WIN32)
-    HANDLE handle_ = INVALID_HANDLE_VALUE;
-#else
-    int fd_ = -1;
-#endif
-};
-
-}  // namespace detail
-
-// Diagnostics: one line of text for a human (listening, joins, errors). The default writes it to
-// stderr; set ServerOptions::diagnostics to your own function, or to nullptr for silence.
-using DiagnosticSink = std::function<void(std::string_view line)>;
-
+// The default diagnostics: "chatsock: <line>" on stderr.
 inline void print_to_stderr(std::string_view line) {
-    std::string out = "chatsock: " + std::string(line) + "\n";
-    std::fwrite(out.data(), 1, out.size(), stderr);
-    std::fflush(stderr);
+    write_text(stderr, "chatsock: " + std::string(line) + "\n");
 }
+}  // namespace detail
 
 // The conversation log: one line per event, tab-separated, appended as events happen:
 //   2026-11-25T03:39:03.123Z<TAB>message<TAB>alice<TAB>hello\tworld
 // Fields are escaped with printable(..., true), so no text can forge a line or carry terminal
 // escapes into the file. Lines collect during one loop iteration and go to the OS in one
-// write before any message of that iteration is sent on, so a crash never loses a delivered line.
+// write before any message of that iteration is sent on, so a crash never loses a delivered
+// line. The lines of one batch share one reading of the clock.
 class ConversationLog {
 public:
+    ConversationLog() = default;
+    ConversationLog(const ConversationLog&) = delete;
+    ConversationLog& operator=(const ConversationLog&) = delete;
+    ~ConversationLog() {
+        if (file_) std::fclose(file_);
+    }
     std::error_code open(const std::string& path) {
+        std::error_code ec;
         path_ = path;
-        auto ec = file_.open(path);
-        open_ = !ec;
+        file_ = detail::open_append(path, ec);
         return ec;
     }
-    bool is_open() const { return open_; }
+    bool is_open() const { return file_ != nullptr; }
 
     void add(std::string_view event, std::string_view who, std::string_view text) {
-        if (!open_) return;
-        // One reading of the clock per batch: the lines of one loop iteration share a time.
-        if (pending_.empty()) batch_time_ = std::chrono::system_clock::now();
-        clock_.append(pending_, batch_time_);
+        if (!file_) return;
+        if (pending_.empty()) time_ = detail::utc_timestamp(std::chrono::system_clock::now());
+        pending_ += time_;
         pending_ += '\t';
         pending_ += event;
         pending_ += '\t';
-        append_printable(pending_, who, true);
+        detail::append_printable(pending_, who, true);
         pending_ += '\t';
-        append_printable(pending_, text, true);
+        detail::append_printable(pending_, text, true);
         pending_ += '\n';
     }
     // Writes the collected lines. A failure is reported once; the chat goes on without the log.
-    void flush(const DiagnosticSink& report) {
+    void flush(const std::function<void(std::string_view)>& report) {
         if (pending_.empty()) return;
-        auto ec = file_.write(pending_);
+        const bool written =
+            std::fwrite(pending_.data(), 1, pending_.size(), file_) == pending_.size();
+        const std::error_code ec(written ? 0 : errno, std::generic_category());
         pending_.clear();
-        if (ec && !failed_) {
-            failed_ = true;
-            if (report) report("cannot write the conversation log " + path_ + ": " + ec.message());
-        } else if (!ec) {
-            failed_ = false;
-        }
+        if (!written && !failed_ && report)
+            report("cannot write the conversation log " + path_ + ": " + ec.message());
+        failed_ = !written;
     }
 
 private:
-    detail::AppendFile file_;
-    detail::UtcClock clock_;
-    std::chrono::system_clock::time_point batch_time_;
+    std::FILE* file_ = nullptr;
     std::string path_;
-    std::string pending_;
-    bool open_ = false;
+    std::string pending_;  // this batch's lines
+    std::string time_;     // this batch's timestamp
     bool failed_ = false;
 };
 
@@ -1309,25 +1372,28 @@ using ClientId = std::uint64_t;  // unique for the server's lifetime; never reus
 constexpr ClientId no_client = 0;
 
 struct ServerOptions {
-    std::string host = "127.0.0.1";        // "::" for every IPv6 and IPv4 address
-    std::uint16_t port = 1234;             // 0: the OS picks one; read it back with port()
-    std::string log_path;                  // conversation log; empty: none
-    std::string server_name = "server";    // reserved sender name of server notices
-    std::size_t max_payload = default_max_payload;
-    std::size_t max_name_bytes = default_max_name_bytes;
-    std::size_t max_clients = 10000;       // connections beyond it are told so and closed; listen()
-                                           // raises `ulimit -n` to fit, or lowers this to fit it
-    std::size_t announce_up_to = 1000;     // "X joined"/"X left" go to everyone while at most this
-                                           // many users are online; above, they are only logged
-    milliseconds handshake_timeout{10000}; // to send a username after connecting
-    milliseconds frame_timeout{30000};     // for a frame to arrive whole once it has begun
+    std::string host = "127.0.0.1";      // "::" for every IPv6 and IPv4 address
+    std::uint16_t port = 1234;           // 0: the OS picks one; read it back with port()
+    std::string log_path;                // conversation log; empty: none
+    std::string server_name = "server";  // reserved sender name of server notices
+    std::size_t max_payload = detail::default_max_payload;
+    std::size_t max_name_bytes = detail::default_max_name_bytes;
+    std::size_t max_clients = 10000;    // connections beyond it are told so and closed; listen()
+                                        // raises `ulimit -n` to fit, or lowers this to fit it
+    std::size_t announce_up_to = 1000;  // "X joined"/"X left" go to everyone while at most this
+                                        // many users are online; above, they are only logged
+    milliseconds handshake_timeout{10000};     // to send a username after connecting
+    milliseconds frame_timeout{30000};         // for a frame to arrive whole once it has begun
     std::size_t output_hard_limit = 8u << 20;  // queued bytes: over it, disconnect at once
-    std::size_t output_soft_limit = 1u << 20;  // over it for longer than soft_limit_time: disconnect
+    std::size_t output_soft_limit = 1u
+                                    << 20;  // over it for longer than soft_limit_time: disconnect
     milliseconds soft_limit_time{10000};
-    milliseconds stop_drain_time{2000};    // stop(): time for queued output to reach clients
-    milliseconds accept_pause{100};        // out of file descriptors: pause accepting this long
-    bool exit_when_empty = false;          // run() returns once the last user has left
-    DiagnosticSink diagnostics = print_to_stderr;
+    milliseconds stop_drain_time{2000};  // stop(): time for queued output to reach clients
+    milliseconds accept_pause{100};      // out of file descriptors: pause accepting this long
+    bool exit_when_empty = false;        // run() returns once the last user has left
+    // One line of text per event for a human (listening, joins, refusals, errors); nullptr
+    // for silence.
+    std::function<void(std::string_view line)> diagnostics = detail::print_to_stderr;
 };
 
 // What callbacks learn about a client.
@@ -1353,19 +1419,19 @@ public:
     std::function<bool(const ClientInfo&, std::string& text)> on_message;
     std::function<void(const ClientInfo&, std::string_view reason)> on_leave;
 
-    // Opens the conversation log and the listening socket. After this, port() is known.
-    std::error_code listen() {
+    // Opens the listening socket, then the conversation log. After this, port() is known.
+    // On failure, *attempt (when given) says what failed: "cannot listen on 127.0.0.1:1234".
+    std::error_code listen(std::string* attempt = nullptr) {
         fit_descriptor_limit();
-        if (!options_.log_path.empty()) {
-            if (auto ec = log_.open(options_.log_path)) {
-                error_context_ = "cannot open the conversation log " + options_.log_path;
-                return ec;
-            }
-        }
         std::error_code ec;
         listener_ = listen_tcp(options_.host, options_.port, ec);
         if (ec) {
-            error_context_ = "cannot listen on " + address_of(options_.host, options_.port);
+            if (attempt) *attempt = "cannot listen on " + address_of(options_.host, options_.port);
+            return ec;
+        }
+        if (!options_.log_path.empty() && (ec = log_.open(options_.log_path))) {
+            if (attempt) *attempt = "cannot open the conversation log " + options_.log_path;
+            listener_.close();
             return ec;
         }
         if ((ec = poller_.add(listener_.get(), want_read))) return ec;
@@ -1373,34 +1439,37 @@ public:
         say("listening on " + address_of(options_.host, port()) + " (" + Poller::backend() + ")");
         return {};
     }
-    // For an error from listen(): what was being attempted, e.g. "cannot listen on 127.0.0.1:1234".
-    const std::string& error_context() const { return error_context_; }
 
     std::uint16_t port() const { return local_port(listener_.get()); }
 
     // Serves until stop() (or, with exit_when_empty, until the last user leaves), then
     // says goodbye to everyone, lets their queues drain for stop_drain_time and closes.
     std::error_code run() {
-        if (!listening_) if (auto ec = listen()) return ec;
-        while (!stop_requested_.load() && !(options_.exit_when_empty && had_users_ && members_.empty()))
+        if (!listening_)
+            if (auto ec = listen()) return ec;
+        while (!stop_requested_.load() &&
+               !(options_.exit_when_empty && had_users_ && members_.empty()))
             if (auto ec = run_once(milliseconds(-1))) return ec;
         shut_down();
         return {};
     }
 
     // One turn of the event loop: waits up to max_wait (-1: until something happens) for
-    // sockets and timers, then handles everything ready. For programs with their own loop.
+    // sockets and deadlines, then handles everything ready. For programs with their own loop.
     std::error_code run_once(milliseconds max_wait) {
         if (auto ec = poller_.wait(events_, next_timeout(max_wait))) return ec;
         for (const PollEvent& ev : events_) {
-            if (ev.socket == listener_.get()) { accept_all(); continue; }
+            if (ev.socket == listener_.get()) {
+                accept_all();
+                continue;
+            }
             auto it = connections_.find(ev.socket);
             if (it == connections_.end() || it->second->dead) continue;
             Connection& c = *it->second;
             if (ev.readable || ev.hangup) read_from(c, ev.hangup);
             if (ev.writable && !c.dead) mark_dirty(c);
         }
-        check_timers();
+        check_deadlines();
         finish_iteration();
         return {};
     }
@@ -1414,18 +1483,15 @@ public:
 
     // Sends one message to one client (from the server's name unless `from` is given).
     void send_to(ClientId id, std::string_view text, std::string_view from = {}) {
-        auto it = by_id_.find(id);
-        if (it == by_id_.end() || it->second->dead) return;
-        enqueue(*it->second, encode_message(from.empty() ? options_.server_name : from, text));
+        if (Connection* c = live(id)) enqueue(*c, encode_message(sender(from), text));
     }
     // Sends one message to every joined client except `except`.
     void broadcast(std::string_view text, std::string_view from = {}, ClientId except = no_client) {
-        relay(encode_message(from.empty() ? options_.server_name : from, text), except);
+        relay(encode_message(sender(from), text), except);
     }
     // Closes a client's connection after telling it why.
     void disconnect(ClientId id, std::string_view reason) {
-        auto it = by_id_.find(id);
-        if (it != by_id_.end()) refuse(*it->second, std::string(reason));
+        if (Connection* c = live(id)) refuse(*c, std::string(reason));
     }
 
     std::size_t client_count() const { return members_.size(); }  // joined users
@@ -1438,6 +1504,17 @@ public:
     const ServerOptions& options() const { return options_; }
 
 private:
+    // A connection's life, one state at a time:
+    //
+    //   accept ──► naming ──name accepted──► joined
+    //                │                          │ refuse(): told why    peer_finished(): its
+    //                │ refuse(): told why       │ (leave_room)          end-of-stream (leave_room)
+    //                ▼                          ▼
+    //              closing: its queue drains, then our side shuts down; closed once the peer
+    //                │       closes too, or at its deadline (1 s)
+    //                ▼
+    //              dead ◄── close_now() from any state: a reset, an error, a limit
+    //                       (a joined user leaves the room first); removed at the end of the turn
     enum class State { naming, joined, closing };
     struct Connection {
         Socket socket;
@@ -1445,37 +1522,52 @@ private:
         State state = State::naming;
         FrameDecoder input;
         OutputQueue output;
-        Clock::time_point deadline;         // naming: handshake; closing: when to give up
-        Clock::time_point over_soft_since;  // when the queue went over the soft limit
-        bool over_soft = false;
+        Clock::time_point connected_at;
+        Clock::time_point closing_until;    // closing: when to give up on the peer
         Clock::time_point partial_since;    // when the frame still incomplete began to arrive
-        bool partial = false;
-        bool write_interest = false;        // registered for writability with the poller
-        bool dirty = false;                 // has output to try at the end of this iteration
-        bool dead = false;                  // to be closed at the end of this iteration
-        bool sent_eof = false;              // closing: shutdown_send done
-        bool peer_finished = false;         // the peer closed its sending side
+        Clock::time_point over_soft_since;  // when the queue went over the soft limit
+        Clock::time_point deadline;         // this connection's entry in deadlines_
+        bool scheduled = false;             // ... if it has one
+        bool partial = false;               // a frame has begun and not ended
+        bool over_soft = false;
+        bool write_interest = false;  // registered for writability with the poller
+        bool dirty = false;           // has output to try at the end of this turn
+        bool dead = false;            // to be closed at the end of this turn
+        bool sent_eof = false;        // closing: shutdown_send done
+        bool peer_finished = false;   // the peer closed its sending side
         std::string leave_reason;
-        std::size_t member_slot = 0;        // index in members_ when joined
+        std::size_t member_slot = 0;  // index in members_ when joined
         explicit Connection(std::size_t max_payload) : input(max_payload) {}
     };
 
     void say(const std::string& line) const {
         if (options_.diagnostics) options_.diagnostics(line);
     }
+    std::string_view sender(std::string_view from) const {
+        return from.empty() ? std::string_view(options_.server_name) : from;
+    }
+    std::string who(const Connection& c) const {
+        return c.info.name.empty() ? c.info.peer : c.info.name;
+    }
+    static std::string address_of(const std::string& host, std::uint16_t port) {
+        const bool v6 = host.find(':') != std::string::npos;
+        return (v6 ? "[" + host + "]" : host) + ":" + std::to_string(port);
+    }
+    Connection* live(ClientId id) {
+        auto it = by_id_.find(id);
+        return it == by_id_.end() || it->second->dead ? nullptr : it->second;
+    }
     // Like Redis: make room for max_clients descriptors, and if the OS will not, accept fewer
     // clients so that the last ones are told "the server is full" instead of failing to accept.
     void fit_descriptor_limit() {
-        constexpr std::size_t reserve = 32;  // listener, log, poller, wake pipe, stdio, one to refuse with
+        constexpr std::size_t reserve = 32;  // listener, log, poller, wake pipe, stdio, a spare
         const std::size_t limit = detail::raise_descriptor_limit(options_.max_clients + reserve);
         if (limit >= options_.max_clients + reserve) return;
         const std::size_t fits = limit > 2 * reserve ? limit - reserve : limit / 2;
         say("the descriptor limit (ulimit -n) is " + std::to_string(limit) + ": accepting " +
-            std::to_string(fits) + " clients, not max_clients " + std::to_string(options_.max_clients));
+            std::to_string(fits) + " clients, not max_clients " +
+            std::to_string(options_.max_clients));
         options_.max_clients = fits;
-    }
-    static std::string address_of(const std::string& host, std::uint16_t port) {
-        return (host.find(':') != std::string::npos ? "[" + host + "]" : host) + ":" + std::to_string(port);
     }
 
     // ---- accepting ------------------------------------------------------------------------
@@ -1484,50 +1576,41 @@ private:
             std::error_code ec;
             std::string peer;
             Socket s = accept_tcp(listener_.get(), ec, &peer);
-            if (!s) {
-                if (detail::would_block(ec)) return;
-                if (is_out_of_descriptors(ec)) {
-                    // The pending connection stays in the backlog, so the listener would stay
-                    // readable and the loop would spin: stop watching it for a moment.
-                    if (!accept_paused_logged_) say("cannot accept: " + ec.message() + "; pausing accepts");
-                    accept_paused_logged_ = true;
-                    poller_.modify(listener_.get(), 0);
-                    accept_resume_at_ = Clock::now() + options_.accept_pause;
-                    accepts_paused_ = true;
-                } else if (!detail::interrupted(ec)) {
-                    say("accept failed: " + ec.message());
-                }
+            if (s) {
+                accept_paused_logged_ = false;
+                add_connection(std::move(s), std::move(peer));
+            } else if (detail::out_of_descriptors(ec)) {
+                // The pending connection stays in the backlog, so the listener would stay
+                // readable and the loop would spin: stop watching it for a moment.
+                if (!accept_paused_logged_)
+                    say("cannot accept: " + ec.message() + "; pausing accepts");
+                accept_paused_logged_ = true;
+                poller_.modify(listener_.get(), 0);
+                accept_resume_at_ = Clock::now() + options_.accept_pause;
+                accepts_paused_ = true;
+                return;
+            } else {
+                if (!detail::would_block(ec)) say("accept failed: " + ec.message());
                 return;
             }
-            accept_paused_logged_ = false;
-            add_connection(std::move(s), std::move(peer));
         }
-    }
-    static bool is_out_of_descriptors(const std::error_code& ec) {
-#if defined(_WIN32)
-        return ec.value() == WSAEMFILE || ec.value() == WSAENOBUFS;
-#else
-        return ec == std::errc::too_many_files_open || ec == std::errc::too_many_files_open_in_system ||
-               ec == std::errc::no_buffer_space || ec == std::errc::not_enough_memory;
-#endif
     }
     void add_connection(Socket s, std::string peer) {
         const socket_t fd = s.get();
         auto c = std::make_unique<Connection>(options_.max_payload);
         c->socket = std::move(s);
         c->info = ClientInfo{next_id_++, std::string(), std::move(peer)};
-        c->deadline = Clock::now() + options_.handshake_timeout;
-        if (auto ec = poller_.add(fd, want_read)) {
-            say("cannot watch " + c->info.peer + ": " + ec.message());
-            return;
-        }
+        c->connected_at = Clock::now();
+        if (auto ec = poller_.add(fd, want_read))
+            return say("cannot watch " + c->info.peer + ": " + ec.message());
         Connection& ref = *c;
         by_id_[ref.info.id] = &ref;
         connections_[fd] = std::move(c);
-        naming_.push_back({ref.info.id, ref.deadline});
+        schedule(ref);  // the handshake's deadline
         if (connections_.size() > options_.max_clients) {
             log_.add("refused", ref.info.peer, "server full");
-            refuse(ref, "the server is full (" + std::to_string(options_.max_clients) + " clients)");
+            refuse(ref,
+                   "the server is full (" + std::to_string(options_.max_clients) + " clients)");
         }
     }
 
@@ -1535,14 +1618,14 @@ private:
     void read_from(Connection& c, bool hangup) {
         char buf[65536];
         std::size_t total = 0;
-        while (total < 4 * sizeof buf) {  // a fair share per iteration; level-triggered polling
-            std::error_code ec;            // brings us back for the rest
-            std::size_t n = recv_some(c.socket.get(), buf, sizeof buf, ec);
+        while (total < 4 * sizeof buf) {  // a fair share per turn; level-triggered polling
+            std::error_code ec;           // brings us back for the rest
+            const std::size_t n = recv_some(c.socket.get(), buf, sizeof buf, ec);
             if (ec && detail::would_block(ec)) {
-                if (hangup) close_connection(c, "connection lost");
+                if (hangup) close_now(c, "connection lost");
                 return;
             }
-            if (ec) return close_connection(c, "connection lost: " + ec.message());
+            if (ec) return close_now(c, "connection lost: " + ec.message());
             if (n == 0) return peer_finished(c);
             total += n;
             // A short read drained the socket: skip the recv that would only say "empty".
@@ -1557,8 +1640,10 @@ private:
             });
             if (c.dead) return;
             if (c.input.failed()) {
-                log_.add("error", who(c), "protocol error: " + c.input.error());
-                return refuse(c, "protocol error: " + c.input.error());
+                const std::string why = "protocol error: " + c.input.error();
+                log_.add("error", who(c), why);
+                if (c.state == State::naming) say("refused " + c.info.peer + ": " + why);
+                return refuse(c, why);
             }
             track_partial_frame(c, completed);
             if (drained) return;
@@ -1567,27 +1652,20 @@ private:
     // A frame must arrive whole within frame_timeout of its first byte: a client that sends half
     // a frame and stalls (slowloris) holds a buffer and a descriptor, so it is dropped.
     void track_partial_frame(Connection& c, bool completed_one) {
-        if (c.state != State::joined || c.input.buffered() == 0) { c.partial = false; return; }
+        if (c.state != State::joined || c.input.buffered() == 0) {
+            c.partial = false;
+            return;
+        }
         if (c.partial && !completed_one) return;  // the same frame is still arriving
         c.partial_since = Clock::now();
-        if (!c.partial) partial_.push_back(c.info.id);
         c.partial = true;
+        schedule(c);
     }
-    // The peer sent all it will (it may still read): deliver what is queued for it, then close.
-    void peer_finished(Connection& c) {
-        if (c.state == State::joined) remove_member(c, "left");
-        if (c.state != State::closing) start_closing(c, "left");
-        c.peer_finished = true;
-        if (c.output.empty()) return close_connection(c, c.leave_reason);
-        c.write_interest = true;  // end-of-stream stays readable: watch for writability only
-        poller_.modify(c.socket.get(), want_write);
-    }
-    std::string who(const Connection& c) const { return c.info.name.empty() ? c.info.peer : c.info.name; }
-
     void handle_frame(Connection& c, std::string_view frame) {
         if (c.state == State::naming) return handle_username(c, frame);
         if (frame.empty()) return;  // nothing to say
-        if (!is_valid_utf8(frame)) return send_to(c.info.id, "message not delivered: it is not valid UTF-8");
+        if (!is_valid_utf8(frame))
+            return send_to(c.info.id, "message not delivered: it is not valid UTF-8");
         if (!on_message) return deliver(c, frame);
         std::string text(frame);  // the callback may rewrite it
         if (!on_message(c.info, text)) return;
@@ -1597,18 +1675,17 @@ private:
         log_.add("message", c.info.name, text);
         relay(encode_message(c.info.name, text), c.info.id);
     }
-
     void handle_username(Connection& c, std::string_view frame) {
         std::string name(frame);
         std::string problem = check_username(name, options_.server_name, options_.max_name_bytes);
-        if (problem.empty() && names_in_use_.count(ascii_lower(name)))
+        if (problem.empty() && names_in_use_.count(detail::ascii_lower(name)))
             problem = "the name \"" + name + "\" is taken";
         if (!problem.empty()) {
             log_.add("refused", c.info.peer, problem);
             say("refused " + c.info.peer + ": " + problem);
             return refuse(c, "name refused: " + problem);
         }
-        names_in_use_.insert(ascii_lower(name));
+        names_in_use_.insert(detail::ascii_lower(name));
         c.info.name = std::move(name);
         c.state = State::joined;
         c.member_slot = members_.size();
@@ -1617,13 +1694,14 @@ private:
         log_.add("join", c.info.name, c.info.peer);
         say(printable(c.info.name) + " joined from " + c.info.peer);
         const std::size_t others = members_.size() - 1;
-        send_to(c.info.id, "welcome, " + c.info.name + "! " + std::to_string(others) +
-                               (others == 1 ? " other user" : " other users") + " online" +
-                               (announced(members_.size()) ? "" : "; joins and leaves are not announced in a room this big"));
-        if (announced(members_.size())) broadcast(c.info.name + " joined", {}, c.info.id);
+        const bool announce = announced(members_.size());
+        send_to(c.info.id,
+                "welcome, " + c.info.name + "! " + std::to_string(others) +
+                    (others == 1 ? " other user" : " other users") + " online" +
+                    (announce ? "" : "; joins and leaves are not announced in a room this big"));
+        if (announce) broadcast(c.info.name + " joined", {}, c.info.id);
         if (on_join) on_join(c.info);
     }
-
     // Joins and leaves in a room of this many users go to everyone? A room filling up to N users
     // would get N²/2 join notices: big rooms get none.
     bool announced(std::size_t room) const { return room <= options_.announce_up_to; }
@@ -1631,152 +1709,177 @@ private:
     // ---- writing --------------------------------------------------------------------------
     void relay(const SharedBytes& bytes, ClientId except) {
         // enqueue() may cut a member off; it stays in members_ (marked dead) until the end of
-        // the iteration, so this walk is never disturbed.
+        // the turn, so this walk is never disturbed.
         for (Connection* m : members_)
             if (m->info.id != except && !m->dead) enqueue(*m, bytes);
     }
     void enqueue(Connection& c, SharedBytes bytes) {
         c.output.push(std::move(bytes));
-        if (c.output.size_bytes() > options_.output_hard_limit) {
-            // Writes wait for the end of the iteration; before calling this client slow, give
-            // it what its socket takes now (the log goes first, as always).
+        const std::size_t hard = options_.output_hard_limit;
+        if (c.output.size_bytes() > hard) {
+            // Writes wait for the end of the turn; before calling this client slow, give it
+            // what its socket takes now (the log goes first, as always).
             log_.flush(options_.diagnostics);
-            if (auto ec = c.output.write_to(c.socket.get())) return close_connection(c, "connection lost: " + ec.message());
+            if (auto ec = c.output.write_to(c.socket.get()))
+                return close_now(c, "connection lost: " + ec.message());
         }
-        if (c.output.size_bytes() > options_.output_hard_limit)
-            return close_connection(c, "too slow: output queue over " + std::to_string(options_.output_hard_limit) + " bytes");
+        if (c.output.size_bytes() > hard)
+            return close_now(c, "too slow: output queue over " + std::to_string(hard) + " bytes");
         if (c.output.size_bytes() > options_.output_soft_limit && !c.over_soft) {
             c.over_soft = true;
             c.over_soft_since = Clock::now();
-            over_soft_.push_back(c.info.id);
+            schedule(c);
         }
         mark_dirty(c);
     }
     void mark_dirty(Connection& c) {
-        if (!c.dirty) { c.dirty = true; dirty_.push_back(c.info.id); }
+        if (!c.dirty) {
+            c.dirty = true;
+            dirty_.push_back(c.info.id);
+        }
     }
     void flush(Connection& c) {
         c.dirty = false;
         if (auto ec = c.output.write_to(c.socket.get()))
-            return close_connection(c, "connection lost: " + ec.message());
+            return close_now(c, "connection lost: " + ec.message());
         if (c.over_soft && c.output.size_bytes() <= options_.output_soft_limit) c.over_soft = false;
         if (c.state == State::closing && c.output.empty()) {
-            if (c.peer_finished) return close_connection(c, c.leave_reason);
-            if (!c.sent_eof) shutdown_send(c.socket.get());  // all sent; wait for the peer to close
+            if (c.peer_finished) return close_now(c, c.leave_reason);
+            if (!c.sent_eof)
+                detail::shutdown_send(c.socket.get());  // all sent; now the peer's turn
             c.sent_eof = true;
         }
         const bool want = !c.output.empty();
         if (want != c.write_interest) {
             c.write_interest = want;
-            poller_.modify(c.socket.get(), (c.peer_finished ? 0 : want_read) | (want ? want_write : 0));
+            poller_.modify(c.socket.get(),
+                           (c.peer_finished ? 0 : want_read) | (want ? want_write : 0));
         }
     }
 
-    // Tells a client why, then closes once that has been sent (or after a second at most).
+    // ---- closing: the verbs of the state machine above ------------------------------------
+    // Tells a client why, then closes gracefully.
     void refuse(Connection& c, std::string reason) {
         if (c.dead || c.state == State::closing) return;
         enqueue(c, encode_message(options_.server_name, reason));
-        if (c.dead) return;
-        if (c.state == State::joined) remove_member(c, reason);
-        start_closing(c, std::move(reason));
+        if (!c.dead) begin_closing(c, std::move(reason));
     }
-    void start_closing(Connection& c, std::string reason) {
+    // joined or naming -> closing: a joined user leaves the room now; the connection lives on
+    // until its queue is sent and the peer has closed, a second at most.
+    void begin_closing(Connection& c, std::string reason) {
+        if (c.state == State::joined) leave_room(c, reason);
         c.state = State::closing;
         c.leave_reason = std::move(reason);
-        c.deadline = Clock::now() + milliseconds(1000);
-        closing_.push_back(c.info.id);
+        c.closing_until = Clock::now() + milliseconds(1000);
+        schedule(c);
     }
-
-    // ---- closing --------------------------------------------------------------------------
-    void close_connection(Connection& c, const std::string& reason) {
+    // The peer sent all it will (it may still read): deliver what is queued for it, then close.
+    void peer_finished(Connection& c) {
+        if (c.state != State::closing) begin_closing(c, "left");
+        c.peer_finished = true;
+        if (c.output.empty()) return close_now(c, c.leave_reason);
+        c.write_interest = true;  // end-of-stream stays readable: watch for writability only
+        poller_.modify(c.socket.get(), want_write);
+    }
+    // Any state -> dead: nothing more is read from it, relayed to it or relayed from it. The
+    // socket closes at the end of the turn, where a joined user leaves the room.
+    void close_now(Connection& c, const std::string& reason) {
         if (c.dead) return;
-        c.dead = true;  // nothing more is read from it, relayed to it or relayed from it
-        if (c.state == State::joined) c.leave_reason = reason;  // announced in finish_iteration()
+        c.dead = true;
+        if (c.state == State::joined) c.leave_reason = reason;
         doomed_.push_back(c.socket.get());
     }
-    void remove_member(Connection& c, const std::string& reason) {
+    // Out of the room: the name is free again, the others are told, on_leave is called.
+    void leave_room(Connection& c, const std::string& reason) {
         Connection* last = members_.back();
         members_[c.member_slot] = last;
         last->member_slot = c.member_slot;
         members_.pop_back();
-        names_in_use_.erase(ascii_lower(c.info.name));
+        names_in_use_.erase(detail::ascii_lower(c.info.name));
         log_.add("leave", c.info.name, reason);
-        const std::string notice = c.info.name + (reason == "left" ? " left" : " left (" + reason + ")");
+        const std::string notice =
+            c.info.name + (reason == "left" ? " left" : " left (" + reason + ")");
         say(printable(notice));
-        if (announced(members_.size() + 1)) broadcast(notice);  // the room still counting the leaver
+        if (announced(members_.size() + 1))
+            broadcast(notice);  // the room still counting the leaver
         if (on_leave) on_leave(c.info, reason);
     }
 
-    // ---- timers ---------------------------------------------------------------------------
-    // Three short lists instead of a scan of every connection: handshakes expire in order of
-    // arrival, and few connections are ever over the soft limit or closing at once.
-    struct Timer { ClientId id; Clock::time_point when; };
-    Connection* live(ClientId id) {
-        auto it = by_id_.find(id);
-        return it == by_id_.end() || it->second->dead ? nullptr : it->second;
+    // ---- deadlines ------------------------------------------------------------------------
+    // Every connection has at most one entry in deadlines_: the soonest deadline of its state.
+    // naming: the handshake; joined: a frame arriving whole, or the queue back under the soft
+    // limit; closing: the peer's close. The loop sleeps until the first entry. An entry that
+    // has become too early (the deadline moved later) is set again when it fires.
+    Clock::time_point due(const Connection& c) const {
+        if (c.state == State::naming) return c.connected_at + options_.handshake_timeout;
+        if (c.state == State::closing) return c.closing_until;
+        auto when = Clock::time_point::max();
+        if (c.partial) when = c.partial_since + options_.frame_timeout;
+        if (c.over_soft) when = std::min(when, c.over_soft_since + options_.soft_limit_time);
+        return when;
     }
-    void check_timers() {
+    // Called whenever a connection's deadline may have come nearer.
+    void schedule(Connection& c) {
+        const auto when = due(c);
+        if (c.scheduled && c.deadline <= when) return;  // that entry fires first, and reschedules
+        unschedule(c);
+        c.deadline = when;
+        c.scheduled = when != Clock::time_point::max();
+        if (c.scheduled) deadlines_.insert({when, c.info.id});
+    }
+    void unschedule(Connection& c) {
+        if (c.scheduled) deadlines_.erase({c.deadline, c.info.id});
+        c.scheduled = false;
+    }
+    void check_deadlines() {
         const auto now = Clock::now();
-        while (!naming_.empty() && naming_.front().when <= now) {
-            Connection* c = live(naming_.front().id);
-            naming_.pop_front();
-            if (c && c->state == State::naming) {
-                log_.add("refused", c->info.peer, "no username in time");
-                refuse(*c, "no username within " + std::to_string(options_.handshake_timeout.count()) + " ms");
-            }
+        while (!deadlines_.empty() && deadlines_.begin()->first <= now) {
+            Connection& c = *by_id_.at(deadlines_.begin()->second);
+            deadlines_.erase(deadlines_.begin());
+            c.scheduled = false;
+            if (!c.dead) expire(c, now);
         }
-        sweep(partial_, [&](Connection& c) {
-            if (!c.partial) return true;
-            if (now - c.partial_since < options_.frame_timeout) return false;
-            log_.add("error", c.info.name, "incomplete frame");
-            refuse(c, "a frame took longer than " + std::to_string(options_.frame_timeout.count()) + " ms to arrive");
-            return true;
-        });
-        sweep(over_soft_, [&](Connection& c) {
-            if (!c.over_soft) return true;
-            if (now - c.over_soft_since < options_.soft_limit_time) return false;
-            close_connection(c, "too slow: output queue over " + std::to_string(options_.output_soft_limit) +
-                                    " bytes for " + std::to_string(options_.soft_limit_time.count()) + " ms");
-            return true;
-        });
-        sweep(closing_, [&](Connection& c) {
-            if (c.deadline > now) return false;
-            close_connection(c, c.leave_reason);
-            return true;
-        });
         if (accepts_paused_ && now >= accept_resume_at_) {
             accepts_paused_ = false;
             poller_.modify(listener_.get(), want_read);
         }
     }
-    // Keeps the ids for which done(connection) is false; drops the rest and the dead.
-    template <class Done>
-    void sweep(std::vector<ClientId>& ids, Done done) {
-        ids.erase(std::remove_if(ids.begin(), ids.end(), [&](ClientId id) {
-            Connection* c = live(id);
-            return !c || done(*c);
-        }), ids.end());
+    void expire(Connection& c, Clock::time_point now) {
+        if (due(c) > now) return schedule(c);  // not yet: the deadline moved later
+        if (c.state == State::naming) {
+            log_.add("refused", c.info.peer, "no username in time");
+            say("refused " + c.info.peer + ": no username in time");
+            refuse(c, "no username within " + std::to_string(options_.handshake_timeout.count()) +
+                          " ms");
+        } else if (c.state == State::closing) {
+            close_now(c, c.leave_reason);
+        } else if (c.partial && now - c.partial_since >= options_.frame_timeout) {
+            log_.add("error", c.info.name, "incomplete frame");
+            refuse(c, "a frame took longer than " + std::to_string(options_.frame_timeout.count()) +
+                          " ms to arrive");
+        } else {
+            close_now(c, "too slow: output queue over " +
+                             std::to_string(options_.output_soft_limit) + " bytes for " +
+                             std::to_string(options_.soft_limit_time.count()) + " ms");
+        }
     }
     int next_timeout(milliseconds max_wait) const {
         if (!dirty_.empty() || !doomed_.empty()) return 0;
-        auto soonest = Clock::time_point::max();
-        if (!naming_.empty()) soonest = naming_.front().when;
-        if (!over_soft_.empty() || !partial_.empty()) soonest = std::min(soonest, Clock::now() + milliseconds(100));
-        if (!closing_.empty()) soonest = std::min(soonest, Clock::now() + milliseconds(50));
+        auto soonest = deadlines_.empty() ? Clock::time_point::max() : deadlines_.begin()->first;
         if (accepts_paused_) soonest = std::min(soonest, accept_resume_at_);
-        long long ms = max_wait.count();  // negative: no limit of the caller's
-        if (soonest != Clock::time_point::max()) {
-            long long until = std::chrono::duration_cast<milliseconds>(soonest - Clock::now()).count() + 1;
-            ms = ms < 0 ? until : std::min(ms, until);
+        long long ms = max_wait.count();            // negative: no limit of the caller's
+        if (soonest != Clock::time_point::max()) {  // rounded up: never wake before it
+            const auto left = std::chrono::ceil<milliseconds>(soonest - Clock::now()).count();
+            ms = ms < 0 ? left : std::min<long long>(ms, left);
         }
         return ms < 0 ? -1 : static_cast<int>(std::min(std::max(ms, 0ll), 60'000ll));
     }
 
-    // The end of every iteration: log first, then the sockets, then the closes.
+    // The end of every turn: log first, then the sockets, then the closes.
     void finish_iteration() {
         while (!dirty_.empty() || !doomed_.empty()) {
-            log_.flush(options_.diagnostics);  // every line reaches the OS before its message leaves
-            // Swapped with kept buffers: flushing may queue more, and no iteration allocates.
+            log_.flush(options_.diagnostics);  // the log first: lines before messages
+            // Swapped with kept buffers: flushing may queue more, and no turn allocates.
             dirty_now_.swap(dirty_);
             for (ClientId id : dirty_now_)
                 if (Connection* c = live(id)) flush(*c);
@@ -1787,10 +1890,11 @@ private:
                 Connection& c = *it->second;
                 if (c.state == State::joined) {
                     c.state = State::closing;
-                    remove_member(c, c.leave_reason);  // notices the others, calls on_leave
+                    leave_room(c, c.leave_reason);  // tells the others, calls on_leave
                 }
+                unschedule(c);
                 poller_.remove(fd);
-                by_id_.erase(it->second->info.id);
+                by_id_.erase(c.info.id);
                 connections_.erase(it);  // closes the socket
             }
             doomed_now_.clear();
@@ -1807,6 +1911,7 @@ private:
             if (!c->dead && c->state == State::joined) read_from(*c, false);
         finish_iteration();
         broadcast("the server is stopping");
+        const auto deadline = Clock::now() + options_.stop_drain_time;
         for (auto& entry : connections_) {
             Connection& c = *entry.second;
             if (c.dead) continue;
@@ -1816,16 +1921,19 @@ private:
             }
             c.state = State::closing;
             c.leave_reason = "server stopping";
+            c.closing_until = deadline;
+            unschedule(c);
+            schedule(c);
             mark_dirty(c);
         }
         members_.clear();
         names_in_use_.clear();
         finish_iteration();
-        const auto deadline = Clock::now() + options_.stop_drain_time;
         while (!connections_.empty() && Clock::now() < deadline)  // the listener is gone: only
-            if (run_once(milliseconds(20))) break;                  // the goodbyes are served
+            if (run_once(milliseconds(20))) break;                // the goodbyes are served
         connections_.clear();
         by_id_.clear();
+        deadlines_.clear();
         say("stopped");
     }
 
@@ -1836,13 +1944,11 @@ private:
     ConversationLog log_;
     std::unordered_map<socket_t, std::unique_ptr<Connection>> connections_;
     std::unordered_map<ClientId, Connection*> by_id_;
-    std::vector<Connection*> members_;  // joined users, in no particular order
+    std::vector<Connection*> members_;              // joined users, in no particular order
     std::unordered_set<std::string> names_in_use_;  // their names, in lower case
-    std::deque<Timer> naming_;
-    std::vector<ClientId> over_soft_, partial_, closing_, dirty_;
-    std::vector<socket_t> doomed_;
-    std::vector<ClientId> dirty_now_;   // finish_iteration()'s working copies
-    std::vector<socket_t> doomed_now_;
+    std::set<std::pair<Clock::time_point, ClientId>> deadlines_;
+    std::vector<ClientId> dirty_, dirty_now_;    // finish_iteration()'s lists and their
+    std::vector<socket_t> doomed_, doomed_now_;  // working copies
     std::vector<PollEvent> events_;
     ClientId next_id_ = 1;
     std::atomic<bool> stop_requested_{false};
@@ -1851,42 +1957,20 @@ private:
     bool accepts_paused_ = false;
     bool accept_paused_logged_ = false;
     Clock::time_point accept_resume_at_;
-    std::string error_context_;
 };
 
-
-// Ctrl+C (and SIGTERM) call server.stop(), then the program goes on from run(). Opt-in and
-// explicit, because a library must not take over process-wide signal handling on its own.
-// One server at a time; a later call points the handler at another server.
-namespace detail {
-#if defined(_WIN32)
-inline BOOL WINAPI on_console_event(DWORD event) {  // runs on a thread of its own
-    Server* s = ctrl_c_target.load();
-    if (!s || event == CTRL_LOGOFF_EVENT || event == CTRL_SHUTDOWN_EVENT) return FALSE;
-    s->stop();
-    // Closing the console window ends the process as soon as this returns: give run() the
-    // time it needs to say goodbye (Windows allows about five seconds).
-    if (event == CTRL_CLOSE_EVENT) ::Sleep(static_cast<DWORD>(s->options().stop_drain_time.count()) + 500);
-    return TRUE;
-}
-#else
-inline void on_stop_signal(int) {
-    if (Server* s = ctrl_c_target.load()) s->stop();
-}
-#endif
-}  // namespace detail
-
+// Ctrl+C (and SIGTERM, and closing the console window) call server.stop(), then the program
+// goes on from run(). Opt-in and explicit, because a library must not take over process-wide
+// signal handling on its own. One server at a time; a later call points it at another server.
 inline void stop_on_ctrl_c(Server& server) {
     detail::ctrl_c_target.store(&server);
-#if defined(_WIN32)
-    ::SetConsoleCtrlHandler(detail::on_console_event, TRUE);
-#else
-    struct sigaction action{};
-    action.sa_handler = detail::on_stop_signal;
-    sigemptyset(&action.sa_mask);
-    ::sigaction(SIGINT, &action, nullptr);
-    ::sigaction(SIGTERM, &action, nullptr);
-#endif
+    detail::stop_grace_ms.store(server.options().stop_drain_time.count());
+    detail::on_stop.store([] {
+        Server* s = detail::ctrl_c_target.load();
+        if (s) s->stop();
+        return s != nullptr;
+    });
+    detail::catch_stop_signals();
 }
 
 // ============================================================================================
@@ -1904,20 +1988,7 @@ struct Message {
 // with the socket. Works for a terminal, a pipe and a redirected file.
 class StdinLines {
 public:
-#if defined(_WIN32)
-    // On Windows the console also speaks UTF-8 while this exists, so "João" and "数据" print
-    // as themselves; the previous code pages come back afterwards.
-    StdinLines() : input_cp_(::GetConsoleCP()), output_cp_(::GetConsoleOutputCP()) {
-        ::SetConsoleCP(CP_UTF8);
-        ::SetConsoleOutputCP(CP_UTF8);
-    }
-    ~StdinLines() {
-        if (input_cp_) ::SetConsoleCP(input_cp_);
-        if (output_cp_) ::SetConsoleOutputCP(output_cp_);
-    }
-#else
     StdinLines() = default;
-#endif
     StdinLines(const StdinLines&) = delete;
     StdinLines& operator=(const StdinLines&) = delete;
 
@@ -1933,102 +2004,45 @@ public:
         if (!line.empty() && line.back() == '\r') line.pop_back();
         return true;
     }
-    bool has_line() const { return buffer_.find('\n') != std::string::npos || (ended_ && !buffer_.empty()); }
+    bool has_line() const {
+        return buffer_.find('\n') != std::string::npos || (ended_ && !buffer_.empty());
+    }
     // True once input has ended and every line has been taken.
     bool eof() const { return ended_ && buffer_.empty(); }
     // Waits for one whole line (for a prompt before the chat starts). False at end of input.
     bool read_line(std::string& line) {
-        while (!has_line() && !ended_) read_some();
+        while (!has_line() && !ended_) read_some(true);
         return next(line);
     }
 
 private:
     friend class Client;
-#if defined(_WIN32)
-    // A console cannot be waited on with WSAPoll, so a Win32 thread reads standard input and
-    // signals a socket pair that the poller can wait on. The thread shares this state and may
-    // outlive the StdinLines (it stays blocked in a read until the process exits).
-    struct Shared {
-        CRITICAL_SECTION lock;
-        std::string data;
-        bool ended = false;
-        detail::WakeChannel ready;
-        Shared() { ::InitializeCriticalSection(&lock); }
-        ~Shared() { ::DeleteCriticalSection(&lock); }
-    };
-    static DWORD WINAPI reader(void* arg) {
-        std::shared_ptr<Shared> shared = *static_cast<std::shared_ptr<Shared>*>(arg);
-        delete static_cast<std::shared_ptr<Shared>*>(arg);
-        const HANDLE in = ::GetStdHandle(STD_INPUT_HANDLE);
-        DWORD mode = 0, n = 0;
-        const bool console = ::GetConsoleMode(in, &mode) != 0;
-        for (bool more = true; more;) {
-            std::string chunk;
-            if (console) {  // UTF-16 from the console, whatever its code page, to UTF-8
-                wchar_t wide[4096];
-                more = ::ReadConsoleW(in, wide, 4096, &n, nullptr) && n > 0 && wide[0] != 0x1A;  // Ctrl+Z
-                if (more) chunk = detail::narrow(wide, static_cast<int>(n));
-            } else {        // a pipe or a file: bytes as they are
-                char buf[65536];
-                more = ::ReadFile(in, buf, sizeof buf, &n, nullptr) && n > 0;
-                chunk.assign(buf, more ? n : 0);
-            }
-            ::EnterCriticalSection(&shared->lock);
-            shared->data += chunk;
-            shared->ended = !more;
-            ::LeaveCriticalSection(&shared->lock);
-            shared->ready.signal();
-        }
-        return 0;
+    socket_t handle() { return reader_.handle(); }
+    void read_some(bool wait) {
+        if (!ended_) ended_ = !reader_.read_some(buffer_, wait);
     }
-    socket_t handle() {
-        if (!shared_) {
-            shared_ = std::make_shared<Shared>();
-            HANDLE t = ::CreateThread(nullptr, 0, reader, new std::shared_ptr<Shared>(shared_), 0, nullptr);
-            if (!t) throw std::system_error(static_cast<int>(::GetLastError()), detail::os_category(), "chatsock: stdin thread");
-            ::CloseHandle(t);
-        }
-        return shared_->ready.socket();
-    }
-    // Takes what the reader thread has collected; waits for it when `wait` is set.
-    void read_some(bool wait = true) {
-        if (wait) {
-            fd_set ready;
-            FD_ZERO(&ready);
-            FD_SET(handle(), &ready);
-            ::select(0, &ready, nullptr, nullptr, nullptr);
-        }
-        shared_->ready.drain();
-        ::EnterCriticalSection(&shared_->lock);
-        buffer_ += shared_->data;
-        shared_->data.clear();
-        ended_ = shared_->ended;
-        ::LeaveCriticalSection(&shared_->lock);
-    }
-    std::shared_ptr<Shared> shared_;
-    UINT input_cp_, output_cp_;
-#else
-    static socket_t handle() { return 0; }
-    // One read of what is there. Called when the poller says stdin is readable (or for a
-    // regular file, always readable), so it does not block the loop; read_line() waits in it.
-    void read_some(bool = true) {
-        char buf[65536];
-        ssize_t n;
-        do n = ::read(0, buf, sizeof buf);
-        while (n < 0 && errno == EINTR);
-        if (n <= 0) ended_ = true;
-        else buffer_.append(buf, static_cast<std::size_t>(n));
-    }
-#endif
+    detail::StdinReader reader_;
     std::string buffer_;
     bool ended_ = false;
 };
 
 struct ClientOptions {
     std::string server_name = "server";  // sender name that marks server notices
-    std::size_t max_payload = default_max_payload;
+    std::size_t max_payload = detail::default_max_payload;
     milliseconds connect_timeout{5000};
-    milliseconds close_timeout{5000};    // close(): time for queued messages to be delivered
+    milliseconds close_timeout{5000};  // close(): time for queued messages to be delivered
+};
+
+// Why a client's connection ended; Client::close_detail() has the words.
+enum class CloseReason {
+    open,              // not closed (or never connected)
+    refused,           // the server closed before it welcomed us: a name refused, the server
+                       // full, no name in time; the detail is its notice
+    server_closed,     // the server closed the connection (its last notice, if any, is the detail)
+    finished,          // we finished, and the server confirmed by closing too
+    not_acknowledged,  // close() gave up waiting for the server to close
+    protocol_error,    // the server broke the framing; the detail says how
+    connection_lost,   // a reset or a network error; the detail is the system's text
 };
 
 class Client {
@@ -2041,30 +2055,45 @@ public:
     // Called from poll() for every message and notice received.
     std::function<void(const Message&)> on_message;
 
-    // Connects within connect_timeout and sends the username. The server's answer (a welcome,
-    // or a refusal and a close) arrives through poll().
-    std::error_code connect(const std::string& host, std::uint16_t port, std::string_view username) {
-        if (open_) return std::make_error_code(std::errc::already_connected);
-        // Nothing of an earlier connection (unsent bytes, half a frame, a sent EOF) carries over.
-        output_.clear();
-        sent_ = 0;
-        input_ = FrameDecoder(options_.max_payload);
-        have_sender_ = eof_sent_ = write_interest_ = false;
-        std::error_code ec;
-        socket_ = connect_tcp(host, port, options_.connect_timeout, ec);
-        if (ec) return ec;
-        if ((ec = poller_.add(socket_.get(), want_read))) return ec;
-        open_ = true;
-        finishing_ = false;
-        close_reason_.clear();
-        return queue_frame(username);
+    // Connects within connect_timeout, then sends the username: its answer (a welcome, or a
+    // refusal and a close) arrives through poll(). Errors: the connection failed, or the name
+    // is longer than max_payload (std::errc::message_size).
+    std::error_code connect(const std::string& host, std::uint16_t port,
+                            std::string_view username) {
+        if (auto ec = connect(host, port)) return ec;
+        return join(username);
     }
+    // Only connects: join() sends the username later (a program can ask for the name once it
+    // knows the server is there).
+    std::error_code connect(const std::string& host, std::uint16_t port) {
+        if (open_) return std::make_error_code(std::errc::already_connected);
+        std::error_code ec;
+        Socket s = connect_tcp(host, port, options_.connect_timeout, ec);
+        if (ec) return ec;
+        if ((ec = poller_.add(s.get(), want_read))) return ec;
+        // Nothing of an earlier connection (unsent bytes, half a frame, a sent EOF) carries over.
+        socket_ = std::move(s);
+        output_.clear();
+        input_ = FrameDecoder(options_.max_payload);
+        have_sender_ = refused_ = finishing_ = eof_sent_ = write_interest_ = false;
+        last_notice_.clear();
+        received_ = 0;
+        open_ = true;
+        close_reason_ = CloseReason::open;
+        close_detail_.clear();
+        return {};
+    }
+    std::error_code join(std::string_view username) { return send(username); }
 
     // Queues one message and starts sending it. Errors: not connected, closing, or the text
     // is longer than the server accepts (std::errc::message_size).
     std::error_code send(std::string_view text) {
         if (!open_ || finishing_) return std::make_error_code(std::errc::not_connected);
-        return queue_frame(text);
+        if (text.size() > options_.max_payload)
+            return std::make_error_code(std::errc::message_size);
+        output_.push(std::make_shared<const std::string>(encode_frame(text)));
+        flush();
+        return {};
     }
 
     // Waits up to `timeout` for the server (and for `input`, when given), sends what is queued
@@ -2073,16 +2102,17 @@ public:
     bool poll(milliseconds timeout, StdinLines* input = nullptr) {
         if (!open_) return false;
         watch(input);
-        if (input && (input->has_line() || input->eof() || input_is_file_)) timeout = milliseconds(0);
+        if (input && (input->has_line() || input->eof() || input_is_file_))
+            timeout = milliseconds(0);
         if (auto ec = poller_.wait(events_, static_cast<int>(timeout.count()))) {
-            fail("poll failed: " + ec.message());
+            end(CloseReason::connection_lost, "poll failed: " + ec.message());
             return false;
         }
         for (const PollEvent& ev : events_) {
             if (ev.socket == socket_.get() && (ev.readable || ev.hangup)) receive();
             else if (input && ev.socket == input->handle()) input->read_some(false);
         }
-        if (input && input_is_file_ && !input->ended_) input->read_some();
+        if (input && input_is_file_) input->read_some(true);
         if (input && input_watched_ && input->ended_) {
             poller_.remove(input->handle());  // end of input stays "readable" forever
             input_watched_ = false;
@@ -2103,26 +2133,24 @@ public:
         finish();
         const auto deadline = Clock::now() + options_.close_timeout;
         while (open_ && Clock::now() < deadline)
-            poll(std::chrono::duration_cast<milliseconds>(deadline - Clock::now()) + milliseconds(1));
-        const bool delivered = !open_ && eof_sent_ && close_reason_ == closed_by_server;
-        if (open_) fail("closed before the server acknowledged");
-        return delivered;
+            poll(std::chrono::duration_cast<milliseconds>(deadline - Clock::now()) +
+                 milliseconds(1));
+        if (open_)
+            end(CloseReason::not_acknowledged, "the server did not close within " +
+                                                   std::to_string(options_.close_timeout.count()) +
+                                                   " ms; " + std::to_string(queued_bytes()) +
+                                                   " bytes were still unsent");
+        return close_reason_ == CloseReason::finished;
     }
 
     bool is_open() const { return open_; }
-    const std::string& close_reason() const { return close_reason_; }
-    std::size_t queued_bytes() const { return output_.size() - sent_; }
+    bool joined() const { return received_ > 0 && !refused_; }  // the server has welcomed us
+    CloseReason close_reason() const { return close_reason_; }
+    const std::string& close_detail() const { return close_detail_; }
+    std::size_t queued_bytes() const { return output_.size_bytes(); }
     socket_t socket() const { return socket_.get(); }
 
 private:
-    static constexpr const char* closed_by_server = "connection closed by the server";
-
-    std::error_code queue_frame(std::string_view payload) {
-        if (payload.size() > options_.max_payload) return std::make_error_code(std::errc::message_size);
-        append_frame(output_, payload);
-        flush();
-        return {};
-    }
     void watch(StdinLines* input) {
         if (!input || input_watched_ || input_is_file_ || input->ended_) return;
         if (poller_.add(input->handle(), want_read)) input_is_file_ = true;  // epoll refuses files
@@ -2132,41 +2160,39 @@ private:
         char buf[65536];
         for (;;) {
             std::error_code ec;
-            std::size_t n = recv_some(socket_.get(), buf, sizeof buf, ec);
+            const std::size_t n = recv_some(socket_.get(), buf, sizeof buf, ec);
             if (ec && detail::would_block(ec)) return;
-            if (ec) return fail("connection lost: " + ec.message());
-            if (n == 0) return fail(closed_by_server);
-            input_.feed(buf, n);
-            std::string_view frame;
-            while (input_.next(frame)) {
+            if (ec) return end(CloseReason::connection_lost, ec.message());
+            if (n == 0) return server_closed();
+            input_.decode(buf, n, [&](std::string_view frame) {
                 if (!have_sender_) {
                     sender_.assign(frame);
                     have_sender_ = true;
-                    continue;
+                    return true;
                 }
                 have_sender_ = false;
                 Message m{sender_, std::string(frame), sender_ == options_.server_name};
+                // The server's first message is its welcome, or a refusal before it closes.
+                if (received_++ == 0) refused_ = m.from_server && m.text.rfind("welcome, ", 0) != 0;
+                if (m.from_server) last_notice_ = m.text;
                 if (on_message) on_message(m);
-                if (!open_) return;
-            }
-            if (input_.failed()) return fail("protocol error from the server: " + input_.error());
+                return open_;
+            });
+            if (!open_) return;
+            if (input_.failed()) return end(CloseReason::protocol_error, input_.error());
         }
     }
+    void server_closed() {
+        if (refused_) return end(CloseReason::refused, last_notice_);
+        if (finishing_ && eof_sent_ && output_.empty()) return end(CloseReason::finished, {});
+        end(CloseReason::server_closed, last_notice_);
+    }
     void flush() {
-        while (sent_ < output_.size()) {
-            std::error_code ec;
-            std::size_t n = send_some(socket_.get(), output_.data() + sent_, output_.size() - sent_, ec);
-            if (ec && detail::would_block(ec)) break;
-            if (ec) return fail("connection lost: " + ec.message());
-            sent_ += n;
-        }
-        if (sent_ == output_.size()) {
-            output_.clear();
-            sent_ = 0;
-            if (finishing_ && !eof_sent_) {
-                shutdown_send(socket_.get());
-                eof_sent_ = true;
-            }
+        if (auto ec = output_.write_to(socket_.get()))
+            return end(CloseReason::connection_lost, ec.message());
+        if (output_.empty() && finishing_ && !eof_sent_) {
+            detail::shutdown_send(socket_.get());
+            eof_sent_ = true;
         }
         const bool want = !output_.empty();
         if (want != write_interest_) {
@@ -2174,10 +2200,11 @@ private:
             poller_.modify(socket_.get(), want_read | (want ? want_write : 0));
         }
     }
-    void fail(std::string reason) {
+    void end(CloseReason why, std::string detail) {
         if (!open_) return;
         open_ = false;
-        close_reason_ = std::move(reason);
+        close_reason_ = why;
+        close_detail_ = std::move(detail);
         poller_.remove(socket_.get());
         socket_.close();
     }
@@ -2187,21 +2214,23 @@ private:
     Poller poller_;
     Socket socket_;
     FrameDecoder input_;
-    std::string output_;
-    std::size_t sent_ = 0;
-    std::string sender_;
-    bool have_sender_ = false;
+    OutputQueue output_;
+    std::string sender_, last_notice_;
+    std::size_t received_ = 0;
+    bool have_sender_ = false, refused_ = false;
     bool open_ = false, finishing_ = false, eof_sent_ = false, write_interest_ = false;
     bool input_watched_ = false, input_is_file_ = false;
-    std::string close_reason_;
+    CloseReason close_reason_ = CloseReason::open;
+    std::string close_detail_;
     std::vector<PollEvent> events_;
 };
 
 }  // namespace chatsock
 
-#if defined(_WIN32)
+#if defined(CHATSOCK_RESTORE_MIN_MAX)  // set aside in the platform section
 #  pragma pop_macro("max")
 #  pragma pop_macro("min")
+#  undef CHATSOCK_RESTORE_MIN_MAX
 #endif
 
 #endif  // CHATSOCK_HPP

@@ -1,9 +1,9 @@
-// libFuzzer target for chatsock's pure framing code: FrameDecoder (feed/next and decode),
-// parse_header, printable, is_valid_utf8 and check_username. No sockets.
+// libFuzzer target for chatsock's pure framing code: FrameDecoder::decode, parse_header,
+// printable, is_valid_utf8 and check_username. No sockets.
 //
 // Input layout:
-//   byte 0   chunking: seeds the generator of chunk sizes (1 .. 1 + (byte0 >> 2)) and of the
-//            decision to drain the decoder after a chunk or to feed more first
+//   byte 0   chunking: seeds the generator of chunk sizes (1 .. 1 + (byte0 >> 2)) and picks
+//            the frame after which a decode() is stopped (on_frame returning false)
 //   byte 1   bits 0-2: max_payload, one of kMaxPayloads; bit 3: the default maximum (64 KiB)
 //            instead; bit 7: the stream is the rest repeated 8 times (buffers past 16 KiB);
 //            byte1 >> 3: the max_bytes given to check_username
@@ -19,6 +19,7 @@
 #include "chatsock.hpp"
 #include "fuzz/reference.hpp"
 
+#include <algorithm>
 #include <cstddef>
 #include <cstdint>
 #include <cstdio>
@@ -87,90 +88,71 @@ bool unescape(std::string_view s, std::string& out) {
     return true;
 }
 
-// Drains the decoder, checking every frame; `frames` collects them.
-void drain(chatsock::FrameDecoder& d, std::vector<std::string>& frames) {
-    std::string_view frame;
-    while (d.next(frame)) {
-        FUZZ_CHECK(!d.failed());
-        FUZZ_CHECK(frame.size() <= d.max_payload());
-        frames.emplace_back(frame);
-    }
-    if (d.failed()) {
-        FUZZ_CHECK(!d.error().empty());
-        check_safe_text(d.error());
-        FUZZ_CHECK(d.buffered() == 0);  // a broken stream frees its buffer
-    } else {
-        FUZZ_CHECK(d.error().empty());
-        // Left over: less than a header, or a valid header and part of its payload.
-        FUZZ_CHECK(d.buffered() < chatsock::header_size + d.max_payload());
-    }
-}
-
-// Feeds the stream in chunks: sizes from `rng` between 1 and max_chunk (0: all at once),
-// draining after a chunk unless the generator says to feed another one first.
-Decoded run_decoder(std::string_view stream, std::size_t max_payload, std::size_t max_chunk,
-                    Rng* rng) {
+// Decodes the stream with FrameDecoder::decode, in chunks: sizes from `rng` between 1 and
+// max_chunk (0: all at once). Each chunk lives in a buffer of its own that is overwritten after
+// the call, as the server's read buffer is, so a view kept past its call would show junk.
+Decoded run_decode(std::string_view stream, std::size_t max_payload, std::size_t max_chunk,
+                   Rng* rng) {
     chatsock::FrameDecoder d(max_payload);
     FUZZ_CHECK(d.max_payload() == max_payload);
     Decoded out;
-    std::size_t pos = 0, fed_since_drain = 0, before = 0;
-    while (pos < stream.size()) {
-        std::size_t n = stream.size() - pos;
-        if (max_chunk) n = std::min<std::size_t>(n, 1 + (rng ? rng->next() % max_chunk : max_chunk - 1));
-        const bool was_failed = d.failed();
-        before = d.buffered();
-        d.feed(stream.data() + pos, n);
-        pos += n;
-        fed_since_drain += n;
-        if (was_failed) FUZZ_CHECK(d.buffered() == 0);  // a failed decoder takes no more bytes
-        else FUZZ_CHECK(d.buffered() == before + n);
-        FUZZ_CHECK(d.buffered() < chatsock::header_size + max_payload + fed_since_drain);
-        if (rng && pos < stream.size() && rng->next() % 4 == 0) continue;  // feed more first
-        drain(d, out.frames);
-        fed_since_drain = 0;
-    }
-    drain(d, out.frames);
-    out.failed = d.failed();
-    for (const std::string& f : out.frames) out.consumed += chatsock::header_size + f.size();
-    if (d.failed()) {
-        // Stopped for good: more bytes, even a valid frame, change nothing.
-        const std::string good = chatsock::encode_frame("");
-        d.feed(good);
-        std::string_view frame;
-        FUZZ_CHECK(!d.next(frame));
-        FUZZ_CHECK(!d.next(frame));
-        FUZZ_CHECK(d.failed() && d.buffered() == 0);
-    } else {
-        FUZZ_CHECK(d.buffered() == stream.size() - out.consumed);
-    }
-    return out;
-}
-
-// The same stream through decode(), the zero-copy path the server reads with, in chunks from
-// `rng` (0: all at once).
-Decoded run_decode(std::string_view stream, std::size_t max_payload, std::size_t max_chunk, Rng* rng) {
-    chatsock::FrameDecoder d(max_payload);
-    Decoded out;
+    std::string chunk;
     std::size_t pos = 0;
     while (pos < stream.size()) {
         std::size_t n = stream.size() - pos;
-        if (max_chunk) n = std::min<std::size_t>(n, 1 + (rng ? rng->next() % max_chunk : max_chunk - 1));
-        const std::string chunk(stream.substr(pos, n));  // a buffer of its own: views must not outlive it
+        if (max_chunk)
+            n = std::min<std::size_t>(n, 1 + (rng ? rng->next() % max_chunk : max_chunk - 1));
+        chunk.assign(stream.data() + pos, n);
+        const bool was_failed = d.failed();
+        const std::size_t frames_before = out.frames.size();
         d.decode(chunk.data(), chunk.size(), [&](std::string_view frame) {
             FUZZ_CHECK(!d.failed());
             FUZZ_CHECK(frame.size() <= max_payload);
             out.frames.emplace_back(frame);
+            out.consumed += chatsock::header_size + frame.size();
             return true;
         });
+        chunk.assign(chunk.size(), '#');
         pos += n;
-        // Kept between chunks: at most one unfinished frame.
-        FUZZ_CHECK(d.buffered() < chatsock::header_size + max_payload);
-        if (d.failed()) FUZZ_CHECK(d.buffered() == 0 && !d.error().empty());
+        if (d.failed()) {
+            FUZZ_CHECK(!d.error().empty());
+            check_safe_text(d.error());
+            FUZZ_CHECK(d.buffered() == 0);  // a broken stream frees its buffer
+            if (was_failed) FUZZ_CHECK(out.frames.size() == frames_before);  // and takes no more
+        } else {
+            FUZZ_CHECK(d.error().empty());
+            // Kept between chunks: exactly the bytes after the last whole frame, which are
+            // less than a header, or a valid header and part of its payload.
+            FUZZ_CHECK(d.buffered() == pos - out.consumed);
+            FUZZ_CHECK(d.buffered() < chatsock::header_size + max_payload);
+        }
     }
     out.failed = d.failed();
-    for (const std::string& f : out.frames) out.consumed += chatsock::header_size + f.size();
-    if (!d.failed()) FUZZ_CHECK(d.buffered() == stream.size() - out.consumed);
+    if (d.failed()) {
+        // Stopped for good: more bytes, even a valid frame, change nothing.
+        const std::string good = chatsock::encode_frame("");
+        const std::string error = d.error();
+        bool called = false;
+        d.decode(good.data(), good.size(), [&](std::string_view) { return called = true; });
+        FUZZ_CHECK(!called && d.failed() && d.buffered() == 0 && d.error() == error);
+    }
     return out;
+}
+
+// decode() of the whole stream, stopped by on_frame returning false after `stop_after` frames:
+// it gives exactly the first frames, and no more.
+void check_stop(std::string_view stream, std::size_t max_payload, std::size_t stop_after,
+                const Decoded& want) {
+    chatsock::FrameDecoder d(max_payload);
+    std::vector<std::string> got;
+    d.decode(stream.data(), stream.size(), [&](std::string_view frame) {
+        got.emplace_back(frame);
+        return got.size() < stop_after;
+    });
+    const std::size_t last = std::max<std::size_t>(stop_after, 1);  // on_frame said false there
+    FUZZ_CHECK(got.size() == std::min(last, want.frames.size()));
+    FUZZ_CHECK(std::equal(got.begin(), got.end(), want.frames.begin()));
+    if (want.frames.size() >= last) FUZZ_CHECK(!d.failed() && d.buffered() == 0);  // rest dropped
 }
 
 void check_same(const Decoded& a, const Decoded& b) {
@@ -182,14 +164,14 @@ void check_same(const Decoded& a, const Decoded& b) {
 void check_framing(std::string_view stream, std::size_t max_payload, std::uint8_t chunking) {
     const Decoded want = ref_decode(stream, max_payload);
 
-    const Decoded whole = run_decoder(stream, max_payload, 0, nullptr);
-    check_same(whole, want);
-    if (stream.size() <= 1024) check_same(run_decoder(stream, max_payload, 1, nullptr), want);
-    Rng rng{0x9E3779B9u ^ (static_cast<std::uint32_t>(chunking) * 0x01000193u)};
-    check_same(run_decoder(stream, max_payload, 1 + (chunking >> 2), &rng), want);
+    // One big decode, byte by byte, and in chunks of sizes drawn from the input: all agree
+    // with the reference.
     check_same(run_decode(stream, max_payload, 0, nullptr), want);
     if (stream.size() <= 1024) check_same(run_decode(stream, max_payload, 1, nullptr), want);
+    Rng rng{0x9E3779B9u ^ (static_cast<std::uint32_t>(chunking) * 0x01000193u)};
     check_same(run_decode(stream, max_payload, 1 + (chunking >> 2), &rng), want);
+    check_same(run_decode(stream, max_payload, 1 + (chunking & 3), &rng), want);  // small chunks
+    check_stop(stream, max_payload, chunking & 7, want);
 
     // Each frame's payload is the stream's bytes after its header; re-encoding a frame gives
     // back the stream's bytes exactly where the header was written in canonical form.
@@ -213,7 +195,7 @@ void check_framing(std::string_view stream, std::size_t max_payload, std::uint8_
     // A re-encoded stream decodes to the same frames, in one chunk and byte by byte.
     if (!want.frames.empty()) {
         const std::size_t biggest = reencoded.size();  // ample: every frame fits
-        const Decoded again = run_decoder(reencoded, biggest, 0, nullptr);
+        const Decoded again = run_decode(reencoded, biggest, 0, nullptr);
         FUZZ_CHECK(!again.failed && again.frames == want.frames && again.consumed == reencoded.size());
     }
 }
@@ -255,7 +237,8 @@ void check_name(std::string_view name, std::size_t max_bytes) {
     }
     // The default limit is 32 bytes.
     const std::string with_default = chatsock::check_username(name, "server");
-    FUZZ_CHECK(with_default.empty() == ref_username_ok(name, "server", chatsock::default_max_name_bytes));
+    const std::size_t default_max = chatsock::detail::default_max_name_bytes;
+    FUZZ_CHECK(with_default.empty() == ref_username_ok(name, "server", default_max));
     if (with_default.empty()) FUZZ_CHECK(name.size() <= 32);
 }
 
@@ -264,7 +247,8 @@ void check_name(std::string_view name, std::size_t max_bytes) {
 extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
     if (size < 2) return 0;
     const std::uint8_t chunking = data[0];
-    const std::size_t max_payload = (data[1] & 8) ? chatsock::default_max_payload : kMaxPayloads[data[1] & 7];
+    const std::size_t max_payload =
+        (data[1] & 8) ? chatsock::detail::default_max_payload : kMaxPayloads[data[1] & 7];
     const std::string_view rest(reinterpret_cast<const char*>(data) + 2, size - 2);
     std::string repeated;
     for (int i = 0; i < ((data[1] & 0x80) ? 8 : 1); ++i) repeated += rest;

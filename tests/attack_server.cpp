@@ -79,8 +79,9 @@ int main(int argc, char** argv) {
 
     chatsock::Server server(options);
     chatsock::stop_on_ctrl_c(server);
-    if (std::error_code ec = server.listen()) {
-        std::cerr << "attack_server: " << server.error_context() << ": " << ec.message() << "\n";
+    std::string attempt;
+    if (std::error_code ec = server.listen(&attempt)) {
+        std::cerr << "attack_server: " << attempt << ": " << ec.message() << "\n";
         return 1;
     }
 #if !defined(_WIN32)

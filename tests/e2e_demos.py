@@ -18,6 +18,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from harness import (DEMO_CLIENT, DEMO_SERVER, DEVNULL, HOST, SERVER_ON_WINDOWS, TIMEOUT,  # noqa: E402
                      ChatTestCase, build_demos, frame, free_port, main, recv_until_closed,
                      skip_if_windows_server)
+from harness import SilentServer  # noqa: E402
 
 LOG_LINE = re.compile(r"\A(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z)\t(join|message|leave|refused|error)\t"
                       r"([^\t\r\n]*)\t([^\t\r\n]*)\Z")
@@ -211,12 +212,14 @@ class Conversation(DemoTestCase):
         _, port = self.start_server()
         alice = self.client(port, "alice")
         bob = self.client(port, "bob")
-        bob.send("x" * 70000 + "\nafter the long one\n")
+        bob.send("x" * 100000 + "\nafter the long one\n")
         alice.wait_for("\nbob > after the long one\n")
-        bob.wait_for("demo_client: message not sent", stream="err")
         bob.close_stdin()
         self.assert_exit(bob, ok=True)
+        self.assertEqual(bob.err, b"demo_client: message not sent: it is 100000 bytes, "
+                                  b"over the limit of 65536 bytes\n")
         self.assertNotIn(b"xxxxxxxxxx", alice.out)
+        self.assertEqual([e[2] for e in self.read_log() if e[0] == "message"], ["after the long one"])
 
     def test_invalid_utf8_is_refused_by_the_server(self):
         _, port = self.start_server()
@@ -246,7 +249,7 @@ class Names(DemoTestCase):
                 dup = self.client(port, name, joined=False)  # stdin open: the refusal ends it
                 dup.wait_for(f'server > name refused: the name "{name}" is taken\n')
                 self.assert_exit(dup, ok=False)
-                dup.wait_for("Connection closed by the server\n", stream="err")
+                self.assertEqual(dup.err, b"")  # the refusal says it all: no "connection closed"
                 self.assertNotIn(b"welcome", dup.out)
         alice.send("still here\n")
         bob = self.client(port, "bob")
@@ -288,11 +291,32 @@ class Names(DemoTestCase):
                 self.assert_exit(c, ok=False)
                 self.assertNotIn(b"\x1b", c.out)
 
-    def test_empty_name_from_the_prompt_is_refused(self):
+    def test_empty_name_from_the_prompt_is_asked_again(self):
         _, port = self.start_server()
         c = self.client(port, None, joined=False)
+        c.wait_for("Username: ")
         c.send("\n")
-        c.wait_for("server > name refused: the name is empty\n")
+        c.wait_for("Username: Username: ")
+        c.send("bob\n")
+        c.wait_for("server > welcome, bob! 0 other users online\n")
+        c.close_stdin()
+        self.assert_exit(c, ok=True)
+        self.assertNotIn(("refused",), [e[:1] for e in self.read_log()])
+
+    def test_the_name_is_asked_only_once_a_server_is_there(self):
+        port = free_port()
+        c = self.client(port, None, joined=False)
+        self.assert_exit(c, ok=False)
+        self.assertIn(f"cannot connect to 127.0.0.1:{port}".encode(), c.err)
+        self.assertNotIn(b"Username", c.out)
+
+    def test_a_name_over_the_frame_limit_says_the_limit(self):
+        _, port = self.start_server()
+        c = self.client(port, None, joined=False)  # typed: a Windows command line holds 32 K
+        c.send("n" * 100000 + "\n")
+        c.wait_for("demo_client: the name is 100000 bytes, over the limit of 65536 bytes\n", stream="err")
+        c.wait_for("Username: Username: ")  # asked again
+        c.close_stdin()
         self.assert_exit(c, ok=False)
 
 
@@ -435,6 +459,35 @@ class Errors(DemoTestCase):
         err = p.err.decode()
         self.assertIn("no/such/dir/log", err)
         self.assertEqual(len(err.splitlines()), 1, err)
+
+    def test_a_lone_port_is_not_taken_for_the_host(self):
+        p = self.spawn([*DEMO_SERVER, "1234"], stdin=DEVNULL)
+        self.assertEqual(p.wait(), 2, p.describe())
+        self.assertEqual(p.err.decode(), "demo_server: '1234' looks like a port, but the first argument is the host: "
+                                         "./demo_server 127.0.0.1 1234\n")
+        self.assertEqual(os.listdir(self.dir), [], "no log file (message_log) for a server that never started")
+
+    def test_a_failed_listen_leaves_no_log_file(self):
+        _, port = self.start_server("first.log")
+        second = self.spawn([*DEMO_SERVER, HOST, port, "newlog"], stdin=DEVNULL)
+        self.assertNotEqual(second.wait(), 0, second.describe())
+        self.assertFalse(os.path.exists(self.path("newlog")), "no log file for a server that never started")
+
+    def test_a_server_that_never_closes_is_named_as_the_reason(self):
+        # The input ends at once, so the client closes and waits for the server to close too;
+        # this one accepts and reads, but never answers and never closes.
+        silent = SilentServer()
+        self.addCleanup(silent.close)
+        c = self.spawn(["sh", "-c", f"printf 'x\\n' | {shlex.join(DEMO_CLIENT)} {HOST} {silent.port} t1"],
+                       stdin=DEVNULL, label="printf | demo_client")
+        rc = c.wait(timeout=3 * TIMEOUT)
+        self.assertTrue(silent.accepted, c.describe())
+        waited = time.monotonic() - silent.accepted[0]
+        self.assertEqual(rc, 1, c.describe())
+        self.assertRegex(c.err.decode(), r"\Ademo_client: the server did not close within 5000 ms; "
+                                         r"\d+ bytes were still unsent\n\Z")
+        self.assertGreater(waited, 4.5, "it gives the server 5 s to close")
+        self.assertLess(waited, 7.0, "and no more")
 
 
 if __name__ == "__main__":

@@ -473,6 +473,370 @@ def skip_if_windows_server(reason):
     return unittest.skipIf(SERVER_ON_WINDOWS, f"Windows server: {reason}")
 
 
+# ---- a terminal: a process in a pseudo-terminal, and what its screen shows --------------------
+import fcntl  # noqa: E402  (POSIX only, like everything above that spawns programs)
+import pty  # noqa: E402
+import select  # noqa: E402
+import termios  # noqa: E402
+import unicodedata  # noqa: E402
+
+TERMINAL_ROWS, TERMINAL_COLUMNS = 50, 200  # room enough that nothing scrolls or wraps
+
+# Runs in the child, in the new session start_new_session made: takes the pseudo-terminal on
+# stdin as the controlling terminal (so the line discipline turns a typed Ctrl+C into SIGINT for
+# the program), puts back the signal dispositions Python changed, then becomes the program.
+_CONTROLLING_TERMINAL = """\
+import errno, fcntl, os, signal, sys, termios, time
+fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+for name in ("SIGPIPE", "SIGXFSZ"):
+    if hasattr(signal, name):
+        signal.signal(getattr(signal, name), signal.SIG_DFL)
+deadline = time.monotonic() + 5
+while True:
+    try:
+        os.execvp(sys.argv[1], sys.argv[1:])
+    except OSError as e:  # "text file busy": a concurrent `make` is rewriting the binary
+        if e.errno != errno.ETXTBSY or time.monotonic() > deadline:
+            raise
+        time.sleep(0.05)
+"""
+
+_CSI = re.compile(r"\x1b\[([0-?]*)([ -/]*)([@-~])")
+_OSC = re.compile(r"\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)?")
+
+
+def terminal_screen(data, rows=TERMINAL_ROWS, columns=TERMINAL_COLUMNS):
+    """The lines a terminal shows after receiving `data` (bytes, UTF-8), lines that scrolled
+    off the top included, trailing blanks dropped. Enough of a VT100/xterm for what programs
+    here write and wine's console draws with: text, CR, LF, BS, TAB, cursor moves (CSI A B C D
+    E F G H d f), erasing (CSI J K X), inserting and deleting characters (CSI @ P), saving and
+    restoring the cursor (ESC 7, ESC 8); colours, modes and titles are ignored. A wide
+    character (CJK) takes two columns, as in a real terminal."""
+    text = data.decode("utf-8", "replace") if isinstance(data, (bytes, bytearray)) else data
+    history, screen = [], [[] for _ in range(rows)]  # a line is a list of cells
+    row = col = 0
+    saved = (0, 0)
+
+    def line_feed():
+        nonlocal row
+        if row == rows - 1:
+            history.append(screen.pop(0))
+            screen.append([])
+        else:
+            row += 1
+
+    def put(ch):
+        nonlocal col
+        width = 2 if unicodedata.east_asian_width(ch) in "WF" else 1
+        if unicodedata.combining(ch) and col > 0:
+            line = screen[row]
+            if col - 1 < len(line):
+                line[col - 1] += ch
+            return
+        if col + width > columns:  # autowrap
+            col = 0
+            line_feed()
+        line = screen[row]
+        line.extend([" "] * (col + width - len(line)))
+        line[col] = ch
+        if width == 2:
+            line[col + 1] = ""
+        col += width
+
+    i = 0
+    while i < len(text):
+        ch = text[i]
+        if ch == "\x1b":
+            m = _CSI.match(text, i)
+            if m:
+                i = m.end()
+                params, final = m.group(1), m.group(3)
+                if params.startswith(("?", ">", "=")):
+                    continue  # private modes (cursor shown or hidden, ...)
+                nums = [int(p) if p.isdigit() else 0 for p in params.split(";")] if params else []
+                n = max(nums[0], 1) if nums else 1
+                line = screen[row]
+                if final == "A":
+                    row = max(row - n, 0)
+                elif final == "B":
+                    row = min(row + n, rows - 1)
+                elif final == "C":
+                    col = min(col + n, columns - 1)
+                elif final == "D":
+                    col = max(col - n, 0)
+                elif final in "EF":
+                    row = min(row + n, rows - 1) if final == "E" else max(row - n, 0)
+                    col = 0
+                elif final == "G":
+                    col = min(n, columns) - 1
+                elif final == "d":
+                    row = min(n, rows) - 1
+                elif final in "Hf":
+                    row = min(max(nums[0], 1), rows) - 1 if nums else 0
+                    col = min(max(nums[1], 1), columns) - 1 if len(nums) > 1 else 0
+                elif final == "K":
+                    mode = nums[0] if nums else 0
+                    if mode == 0:
+                        del line[col:]
+                    elif mode == 1:
+                        line[:col + 1] = [" "] * min(col + 1, len(line))
+                    else:
+                        line.clear()
+                elif final == "J":
+                    mode = nums[0] if nums else 0
+                    if mode == 0:
+                        del line[col:]
+                        for r in range(row + 1, rows):
+                            screen[r] = []
+                    elif mode == 1:
+                        line[:col + 1] = [" "] * min(col + 1, len(line))
+                        for r in range(row):
+                            screen[r] = []
+                    else:
+                        screen = [[] for _ in range(rows)]
+                elif final == "X":
+                    for c in range(col, min(col + n, len(line))):
+                        line[c] = " "
+                elif final == "P":
+                    del line[col:col + n]
+                elif final == "@":
+                    if col < len(line):
+                        line[col:col] = [" "] * n
+                continue  # anything else (colours, ...) changes nothing shown
+            m = _OSC.match(text, i)
+            if m:
+                i = m.end()
+                continue
+            nxt = text[i + 1:i + 2]
+            if nxt == "7":
+                saved = (row, col)
+            elif nxt == "8":
+                row, col = saved
+            i += 2
+            continue
+        i += 1
+        if ch == "\r":
+            col = 0
+        elif ch in "\n\x0b\x0c":
+            line_feed()
+        elif ch == "\b":
+            col = max(col - 1, 0)
+        elif ch == "\t":
+            col = min((col // 8 + 1) * 8, columns - 1)
+        elif ch >= " " and ch != "\x7f" and not ("\x80" <= ch <= "\x9f"):
+            put(ch)
+    lines = ["".join(cells).rstrip(" ") for cells in history + screen]
+    while lines and not lines[-1]:
+        lines.pop()
+    return lines
+
+
+class TerminalProc:
+    """A child process in a pseudo-terminal of its own, as if started from a terminal window:
+    stdin, stdout and stderr all on the terminal, which is also its controlling terminal, in a
+    session of its own (so type(b"\\x03") is a Ctrl+C: SIGINT from the line discipline). The
+    terminal is TERMINAL_ROWS x TERMINAL_COLUMNS, with the default settings of a new pseudo-
+    terminal (canonical mode, echo, ISIG); `termios_change` may alter them first. Everything it
+    shows is collected on a background thread; screen() renders it (terminal_screen)."""
+
+    def __init__(self, args, cwd, label=None, termios_change=None):
+        self.label = label or os.path.basename(str(args[0]))
+        self.args = [str(a) for a in args]
+        master, slave = pty.openpty()
+        try:
+            fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", TERMINAL_ROWS, TERMINAL_COLUMNS, 0, 0))
+            if termios_change:
+                attrs = termios.tcgetattr(slave)
+                termios_change(attrs)
+                termios.tcsetattr(slave, termios.TCSANOW, attrs)
+            self.terminal = os.ttyname(slave)  # e.g. /dev/pts/3
+            self.p = subprocess.Popen([sys.executable, "-c", _CONTROLLING_TERMINAL, *self.args], cwd=cwd,
+                                      stdin=slave, stdout=slave, stderr=slave, start_new_session=True,
+                                      env=dict(CHILD_ENV, TERM="xterm"))
+        except BaseException:
+            os.close(master)
+            raise
+        finally:
+            os.close(slave)
+        self.master = master
+        self._cond = threading.Condition()
+        self._raw = bytearray()
+        self._open = True
+        self._stop = False
+        self._thread = threading.Thread(target=self._pump, daemon=True)
+        self._thread.start()
+
+    def _pump(self):
+        while True:
+            with self._cond:
+                if self._stop:
+                    return
+            ready, _, _ = select.select([self.master], [], [], 0.1)
+            if not ready:
+                continue
+            try:
+                chunk = os.read(self.master, 65536)
+            except OSError:  # EIO: every process holding the terminal has closed it
+                chunk = b""
+            with self._cond:
+                self._raw += chunk
+                if not chunk:
+                    self._open = False
+                self._cond.notify_all()
+            if not chunk:
+                return
+
+    @property
+    def raw(self):
+        """Every byte the terminal received, escape sequences and all."""
+        with self._cond:
+            return bytes(self._raw)
+
+    def screen(self):
+        """The lines the terminal shows (see terminal_screen)."""
+        return terminal_screen(self.raw)
+
+    def describe(self):
+        raw = self.raw
+        return (f"{self.label} {self.args[1:]} in a terminal (exit {self.p.poll()})\n"
+                "  screen:\n" + "".join(f"    | {line}\n" for line in self.screen()) +
+                f"  bytes received{' (the last 3000)' if len(raw) > 3000 else ''}: {raw[-3000:]!r}")
+
+    def wait_for(self, pattern, timeout=TIMEOUT):
+        """Waits until the screen shows `pattern` (a str, found within the lines joined by
+        "\\n", or a compiled str regex searched there); returns the match or True. Fails at the
+        deadline, or as soon as the terminal has closed without it."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while True:
+                text = "\n".join(terminal_screen(bytes(self._raw)))
+                if isinstance(pattern, str):
+                    if pattern in text:
+                        return True
+                else:
+                    m = pattern.search(text)
+                    if m:
+                        return m
+                left = deadline - time.monotonic()
+                if left <= 0 or not self._open:
+                    break
+                self._cond.wait(min(left, 0.5))
+        raise AssertionError(f"{pattern!r} not shown within {timeout}s: {self.describe()}")
+
+    def type(self, data):
+        """Keys typed at the terminal: bytes (or str, as UTF-8) to the pseudo-terminal's master."""
+        if isinstance(data, str):
+            data = data.encode("utf-8")
+        while data:
+            data = data[os.write(self.master, data):]
+
+    def wait_for_key_by_key_input(self, timeout=TIMEOUT):
+        """Waits until the terminal is out of canonical mode (ICANON off), i.e. the program
+        reads keys one by one and edits lines itself, as wine's console does while a Windows
+        program reads it. Keys typed before that go through the terminal's own line editing
+        (Enter becomes "\n", echoed by the terminal), not the program's."""
+        deadline = time.monotonic() + timeout
+        while True:
+            fd = os.open(self.terminal, os.O_RDWR | os.O_NOCTTY | os.O_NONBLOCK)
+            try:
+                canonical = termios.tcgetattr(fd)[3] & termios.ICANON
+            finally:
+                os.close(fd)
+            if not canonical:
+                return
+            if time.monotonic() > deadline or self.p.poll() is not None:
+                raise AssertionError(f"the terminal is still in canonical mode after {timeout}s: "
+                                     f"{self.describe()}")
+            time.sleep(0.01)
+
+    def wait(self, timeout=TIMEOUT):
+        """The exit status, once the output has been read to its end; fails if the process is
+        still running at the deadline."""
+        try:
+            rc = self.p.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"still running after {timeout}s: {self.describe()}") from None
+        self._thread.join(timeout=TIMEOUT)  # the terminal closes once its last holder is gone
+        return rc
+
+    def kill(self):
+        if self.p.poll() is None:  # not reaped yet, so its group id is still ours
+            try:
+                os.killpg(self.p.pid, signal.SIGKILL)  # stopped (Ctrl+Z) or not, and its children
+            except OSError:
+                self.p.kill()
+        try:
+            self.p.wait(timeout=TIMEOUT)
+        except subprocess.TimeoutExpired:
+            pass
+        with self._cond:
+            self._stop = True
+        self._thread.join(timeout=1)
+        if not self._thread.is_alive() and self.master is not None:
+            os.close(self.master)
+            self.master = None
+
+
+def spawn_in_terminal(test, args, label=None, termios_change=None):
+    """A TerminalProc in `test`'s directory (a ChatTestCase), killed and reaped with its
+    other processes."""
+    proc = TerminalProc(args, test.dir, label=label, termios_change=termios_change)
+    test.procs.append(proc)
+    return proc
+
+
+# ---- a server that accepts, reads, and never answers or closes ----------------------------------
+class SilentServer:
+    """A listening socket on loopback that accepts every connection and reads (and drops)
+    everything sent, but never sends a byte and never closes a connection, not even once the
+    peer has shut its side down: a peer waiting for it to close waits in vain. `accepted`
+    holds the monotonic time of each accept. close() stops it and closes everything; use it
+    as a context manager or register close() as a cleanup."""
+
+    def __init__(self):
+        self.listener = socket.socket()
+        self.listener.bind((HOST, 0))
+        self.listener.listen(16)
+        self.port = self.listener.getsockname()[1]
+        self.accepted = []
+        self.received = 0
+        self._conns = []  # read from
+        self._ended = []  # the peer has shut down its side or reset: held open, not read
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def _serve(self):
+        while not self._stop.is_set():
+            ready, _, _ = select.select([self.listener, *self._conns], [], [], 0.1)
+            for s in ready:
+                if s is self.listener:
+                    conn, _ = s.accept()
+                    self.accepted.append(time.monotonic())
+                    self._conns.append(conn)
+                    continue
+                try:
+                    data = s.recv(65536)
+                except OSError:
+                    data = b""
+                self.received += len(data)
+                if not data:
+                    self._conns.remove(s)
+                    self._ended.append(s)
+
+    def close(self):
+        self._stop.set()
+        self._thread.join(timeout=TIMEOUT)
+        for s in [self.listener, *self._conns, *self._ended]:
+            s.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
 def main(module_name, programs=None):
     """Runs the module's tests (or those named on the command line, e.g. "Conversation" or
     "Names.test_bad_names_are_refused") and ends with the line run.sh parses. A skipped test

@@ -12,4 +12,5 @@ for script in tests/e2e_*.py; do
 done
 
 run_python "mutation register: every entry still matches the header" python3 tools/mutate.py --check
+run_python "the header's text: Windows in layer 1, 100 columns, its line budget" python3 tools/check_header.py
 finish

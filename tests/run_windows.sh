@@ -2,6 +2,7 @@
 # The Windows builds under wine: the unit tests (unit.exe), the end-to-end suites against
 # demo_server.exe and demo_client.exe, then mixed runs (the Windows server with the Linux
 # client and the Linux server with the Windows client) and the mixed-chat and UTF-8 checks.
+# e2e_console.py's WindowsConsole tests (the .exe programs in a terminal: wine's console) run here.
 # Ends with one line: "N passed, N failed". Used by `make test-windows` (after `make windows all`).
 set -u
 cd "$(dirname "$0")/.." || exit 1
@@ -39,7 +40,7 @@ run_doctest "unit tests (Windows, WSAPoll, under wine)" \
     sh -c 'cd "$1" && shift && exec "$@"' sh "$scratch" wine "$ROOT/tests/bin/unit.exe"
 
 # The suites that run the demos through harness.py's DEMO_SERVER and DEMO_CLIENT.
-for script in tests/e2e_demos.py tests/e2e_interop.py; do
+for script in tests/e2e_demos.py tests/e2e_interop.py tests/e2e_console.py; do
     run_python "$(basename "$script") (Windows server and client)" \
         env CHATSOCK_SERVER_CMD="$WIN_SERVER" CHATSOCK_CLIENT_CMD="$WIN_CLIENT" python3 "$script"
 done

@@ -44,7 +44,8 @@ struct RandomFrames {
     }
 };
 
-std::vector<std::string> decode_all(chatsock::FrameDecoder& d) {
+// Every frame the decoder has ready, taken one at a time.
+std::vector<std::string> decode_all(cst::Frames& d) {
     std::vector<std::string> out;
     std::string_view frame;
     while (d.next(frame)) out.emplace_back(frame);
@@ -82,8 +83,8 @@ TEST_CASE("encode_frame: 10-byte left-aligned space-padded length, then the payl
 
 TEST_CASE("append_frame appends to what is there") {
     std::string out = "prefix";
-    chatsock::append_frame(out, "ab");
-    chatsock::append_frame(out, "");
+    chatsock::detail::append_frame(out, "ab");
+    chatsock::detail::append_frame(out, "");
     CHECK(out == "prefix2         ab0         ");
 }
 
@@ -142,7 +143,7 @@ TEST_CASE("FrameDecoder: one byte at a time") {
     std::string stream;
     for (const auto& p : payloads) stream += chatsock::encode_frame(p);
 
-    chatsock::FrameDecoder d;
+    cst::Frames d;
     std::vector<std::string> got;
     for (char c : stream) {
         d.feed(&c, 1);
@@ -161,7 +162,7 @@ TEST_CASE("FrameDecoder: random chunk sizes give the same frames (many seeds)") 
         std::mt19937 rng(seed);
         const RandomFrames frames(rng);
         const std::string& stream = frames.stream;
-        chatsock::FrameDecoder d;
+        cst::Frames d;
         std::vector<std::string> got;
         std::size_t pos = 0;
         while (pos < stream.size()) {
@@ -179,7 +180,7 @@ TEST_CASE("FrameDecoder: random chunk sizes give the same frames (many seeds)") 
 }
 
 TEST_CASE("FrameDecoder: several frames in one chunk, and a partial one kept for later") {
-    chatsock::FrameDecoder d;
+    cst::Frames d;
     const std::string stream = chatsock::encode_frame("one") + chatsock::encode_frame("two") +
                                chatsock::encode_frame("three") + "5         par";
     d.feed(stream);
@@ -238,7 +239,7 @@ TEST_CASE("FrameDecoder::decode: frames from chunks of every size, only an unfin
     CHECK(d.buffered() == 0);
 }
 
-TEST_CASE("FrameDecoder::decode: random chunks agree with feed()/next() (many seeds)") {
+TEST_CASE("FrameDecoder::decode: random chunks give what one big decode gives (many seeds)") {
     for (unsigned seed = 1; seed <= 100; ++seed) {
         CAPTURE(seed);
         std::mt19937 rng(seed);
@@ -246,9 +247,19 @@ TEST_CASE("FrameDecoder::decode: random chunks agree with feed()/next() (many se
         std::vector<std::size_t> sizes;
         for (std::size_t total = 0; total < frames.stream.size(); total += sizes.back())
             sizes.push_back(1 + rng() % (seed % 2 ? 15 : 5000));
-        chatsock::FrameDecoder d;
+        chatsock::FrameDecoder d, whole;
         CHECK(decode_chunks(d, frames.stream, sizes) == frames.payloads);
+        CHECK(decode_chunks(whole, frames.stream, {}) == frames.payloads);
         CHECK(d.buffered() == 0);
+        CHECK(whole.buffered() == 0);
+        // With part of one more frame at the end, both keep the same unfinished bytes.
+        const std::string stream = frames.stream + chatsock::encode_frame("unfinished");
+        const std::size_t cut = stream.size() - 1 - rng() % 20;  // 0-19 bytes of the last frame
+        const std::string partial = stream.substr(0, cut);
+        chatsock::FrameDecoder d2, whole2;
+        CHECK(decode_chunks(d2, partial, sizes) == decode_chunks(whole2, partial, {}));
+        CHECK(d2.buffered() == whole2.buffered());
+        CHECK(whole2.buffered() == cut - frames.stream.size());
     }
 }
 
@@ -275,14 +286,17 @@ TEST_CASE("FrameDecoder::decode: on_frame returning false stops it and a bad hea
     CHECK(decode_chunks(small, "     hello", {}) == std::vector<std::string>{});
     CHECK(small.error() == "frame of 5 bytes is over the limit of 4");
 
-    chatsock::FrameDecoder mixed;  // frames left by feed() come first
-    mixed.feed(chatsock::encode_frame("fed") + "3 ");
-    CHECK(decode_chunks(mixed, "        new", {}) == std::vector<std::string>{"fed", "new"});
+    // A chunk that ends inside a header: its whole frames come first, then the finished one,
+    // as one big decode gives them.
+    const std::string two = chatsock::encode_frame("fed") + chatsock::encode_frame("new");
+    chatsock::FrameDecoder split, whole;
+    CHECK(decode_chunks(split, two, {15}) == std::vector<std::string>{"fed", "new"});
+    CHECK(decode_chunks(whole, two, {}) == std::vector<std::string>{"fed", "new"});
 }
 
 TEST_CASE("FrameDecoder: a payload of exactly the maximum is accepted") {
-    chatsock::FrameDecoder d(100);
-    CHECK(d.max_payload() == 100);
+    cst::Frames d(100);
+    CHECK(d.decoder.max_payload() == 100);
     const std::string payload(100, 'm');
     d.feed(chatsock::encode_frame(payload));
     std::string_view frame;
@@ -290,16 +304,16 @@ TEST_CASE("FrameDecoder: a payload of exactly the maximum is accepted") {
     CHECK(frame == payload);
     CHECK_FALSE(d.failed());
 
-    chatsock::FrameDecoder standard;
-    CHECK(standard.max_payload() == chatsock::default_max_payload);
-    const std::string big(chatsock::default_max_payload, 'b');
+    CHECK(chatsock::FrameDecoder().max_payload() == chatsock::detail::default_max_payload);
+    cst::Frames standard(chatsock::detail::default_max_payload);
+    const std::string big(chatsock::detail::default_max_payload, 'b');
     standard.feed(chatsock::encode_frame(big));
     REQUIRE(standard.next(frame));
     CHECK(frame.size() == big.size());
 }
 
 TEST_CASE("FrameDecoder: one byte over the maximum is refused from the header alone") {
-    chatsock::FrameDecoder d(100);
+    cst::Frames d(100);
     d.feed("101       ");  // only the header: the decoder must not wait for 101 bytes
     std::string_view frame;
     CHECK_FALSE(d.next(frame));
@@ -307,7 +321,7 @@ TEST_CASE("FrameDecoder: one byte over the maximum is refused from the header al
     CHECK(d.error() == "frame of 101 bytes is over the limit of 100");
     CHECK(d.buffered() == 0);
 
-    chatsock::FrameDecoder huge;
+    cst::Frames huge;  // the default maximum
     huge.feed("9999999999");
     CHECK_FALSE(huge.next(frame));
     REQUIRE(huge.failed());
@@ -316,8 +330,9 @@ TEST_CASE("FrameDecoder: one byte over the maximum is refused from the header al
 }
 
 TEST_CASE("FrameDecoder: frames before a bad header are delivered, then it stays failed") {
-    chatsock::FrameDecoder d;
+    cst::Frames d;
     d.feed(chatsock::encode_frame("ok") + "abc       " + chatsock::encode_frame("never"));
+    CHECK(d.failed());  // decode() has read the bad header already; "ok" was decoded before it
     std::string_view frame;
     REQUIRE(d.next(frame));
     CHECK(frame == "ok");
@@ -335,7 +350,7 @@ TEST_CASE("FrameDecoder: frames before a bad header are delivered, then it stays
 
 TEST_CASE("FrameDecoder: error texts for other bad headers") {
     for (const char* bad : {"+5        ", "          ", "1 2       "}) {
-        chatsock::FrameDecoder d;
+        cst::Frames d;
         d.feed(bad);
         std::string_view frame;
         CHECK_FALSE(d.next(frame));
@@ -343,7 +358,7 @@ TEST_CASE("FrameDecoder: error texts for other bad headers") {
         CHECK(d.error() == "bad frame header \"" + std::string(bad) + "\"");
     }
     // Fewer than 10 bytes are not judged yet.
-    chatsock::FrameDecoder d;
+    cst::Frames d;
     d.feed("abc");
     std::string_view frame;
     CHECK_FALSE(d.next(frame));
@@ -356,9 +371,9 @@ TEST_CASE("FrameDecoder: memory stays bounded over a long stream") {
     const std::string frame = chatsock::encode_frame(std::string(1000, 'q'));
     std::size_t frames = 0;
     for (int i = 0; i < 5000; ++i) {
-        d.feed(frame.substr(0, 400));
-        d.feed(frame.substr(400));
-        frames += decode_all(d).size();
+        frames += decode_chunks(d, frame.substr(0, 400), {}).size();
+        CHECK(d.buffered() == 400);  // only the unfinished frame is kept
+        frames += decode_chunks(d, frame.substr(400), {}).size();
         CHECK(d.buffered() == 0);
     }
     CHECK(frames == 5000);
@@ -382,11 +397,11 @@ TEST_CASE("UTF-8: valid sequences") {
     CHECK(chatsock::is_valid_utf8("João 数据 😀"));
 
     char32_t cp = 0;
-    CHECK(chatsock::utf8_sequence("\xE2\x82\xAC", 0, cp) == 3);
+    CHECK(chatsock::detail::utf8_sequence("\xE2\x82\xAC", 0, cp) == 3);
     CHECK(cp == U'\u20AC');
-    CHECK(chatsock::utf8_sequence("a\xF0\x9F\x98\x80", 1, cp) == 4);
+    CHECK(chatsock::detail::utf8_sequence("a\xF0\x9F\x98\x80", 1, cp) == 4);
     CHECK(cp == U'\U0001F600');
-    CHECK(chatsock::utf8_sequence("A", 0, cp) == 1);
+    CHECK(chatsock::detail::utf8_sequence("A", 0, cp) == 1);
     CHECK(cp == U'A');
 }
 
@@ -421,8 +436,8 @@ TEST_CASE("UTF-8: invalid sequences") {
     CHECK_FALSE(chatsock::is_valid_utf8("\xC3\xA9\xA9"));
 
     char32_t cp = 0;
-    CHECK(chatsock::utf8_sequence("\xC0\x80", 0, cp) == 0);
-    CHECK(chatsock::utf8_sequence("\xF0\x9F", 0, cp) == 0);
+    CHECK(chatsock::detail::utf8_sequence("\xC0\x80", 0, cp) == 0);
+    CHECK(chatsock::detail::utf8_sequence("\xF0\x9F", 0, cp) == 0);
 }
 
 TEST_CASE("is_control: C0, DEL and C1") {
@@ -533,14 +548,15 @@ TEST_CASE("check_username") {
 }
 
 TEST_CASE("equal_ignoring_ascii_case") {
-    CHECK(chatsock::equal_ignoring_ascii_case("Alice", "aLICE"));
-    CHECK(chatsock::equal_ignoring_ascii_case("", ""));
-    CHECK_FALSE(chatsock::equal_ignoring_ascii_case("alice", "alicE "));
-    CHECK_FALSE(chatsock::equal_ignoring_ascii_case("a[", "a{"));  // only letters fold
-    CHECK_FALSE(chatsock::equal_ignoring_ascii_case("É", "é"));    // ASCII only
+    CHECK(chatsock::detail::equal_ignoring_ascii_case("Alice", "aLICE"));
+    CHECK(chatsock::detail::equal_ignoring_ascii_case("", ""));
+    CHECK_FALSE(chatsock::detail::equal_ignoring_ascii_case("alice", "alicE "));
+    CHECK_FALSE(chatsock::detail::equal_ignoring_ascii_case("a[", "a{"));  // only letters fold
+    CHECK_FALSE(chatsock::detail::equal_ignoring_ascii_case("É", "é"));    // ASCII only
     // Every letter folds, the first and the last too; their neighbours do not.
-    CHECK(chatsock::ascii_lower("@ABCDEFGHIJKLMNOPQRSTUVWXYZ[") == "@abcdefghijklmnopqrstuvwxyz[");
-    CHECK(chatsock::equal_ignoring_ascii_case("ZED", "zed"));
+    CHECK(chatsock::detail::ascii_lower("@ABCDEFGHIJKLMNOPQRSTUVWXYZ[") ==
+          "@abcdefghijklmnopqrstuvwxyz[");
+    CHECK(chatsock::detail::equal_ignoring_ascii_case("ZED", "zed"));
 }
 
 TEST_CASE("parse_port") {

@@ -357,7 +357,8 @@ TEST_CASE("listen_tcp on port 0 picks a port, which local_port and format_addres
     sockaddr_storage addr{};
     socklen_t len = sizeof addr;
     REQUIRE(::getsockname(listener.get(), reinterpret_cast<sockaddr*>(&addr), &len) == 0);
-    CHECK(chatsock::format_address(reinterpret_cast<sockaddr*>(&addr), len) == "127.0.0.1:" + std::to_string(port));
+    CHECK(chatsock::detail::format_address(reinterpret_cast<sockaddr*>(&addr), len) ==
+          "127.0.0.1:" + std::to_string(port));
     // The same port cannot be taken twice.
     chatsock::Socket second = chatsock::listen_tcp("127.0.0.1", port, ec);
     CHECK_FALSE(second.valid());
@@ -369,12 +370,14 @@ TEST_CASE("format_address brackets IPv6") {
     a6.sin6_family = AF_INET6;
     a6.sin6_port = htons(4321);
     a6.sin6_addr = in6addr_loopback;
-    CHECK(chatsock::format_address(reinterpret_cast<sockaddr*>(&a6), sizeof a6) == "[::1]:4321");
+    CHECK(chatsock::detail::format_address(reinterpret_cast<sockaddr*>(&a6), sizeof a6) ==
+          "[::1]:4321");
     sockaddr_in a4{};
     a4.sin_family = AF_INET;
     a4.sin_port = htons(80);
     a4.sin_addr.s_addr = htonl(0x7F000001);
-    CHECK(chatsock::format_address(reinterpret_cast<sockaddr*>(&a4), sizeof a4) == "127.0.0.1:80");
+    CHECK(chatsock::detail::format_address(reinterpret_cast<sockaddr*>(&a4), sizeof a4) ==
+          "127.0.0.1:80");
 }
 
 TEST_CASE("listen_tcp reports a name that does not resolve") {
@@ -429,7 +432,7 @@ TEST_CASE("recv_some: would-block, data, end-of-stream") {
     CHECK(chatsock::recv_some(pair.server.get(), buf, sizeof buf, ec) == 0);
     CHECK(chatsock::detail::would_block(ec));
     REQUIRE(send_all(pair.client.get(), "abc"));
-    chatsock::shutdown_send(pair.client.get());
+    chatsock::detail::shutdown_send(pair.client.get());
     std::string got;
     const auto deadline = Clock::now() + cst::default_limit;
     bool eof = false;

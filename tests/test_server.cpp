@@ -8,6 +8,7 @@
 
 #include <algorithm>
 #include <cstdio>
+#include <filesystem>
 #include <fstream>
 #include <functional>
 #include <memory>
@@ -262,7 +263,7 @@ TEST_CASE("join and leave notices come from the server, and callbacks see them")
 
     bob.client.finish();
     REQUIRE(cst::pump(server, [&] { return !bob.client.is_open() && alice.got("server", "bob left"); }, alice, bob));
-    CHECK(bob.client.close_reason() == "connection closed by the server");
+    CHECK(bob.client.close_reason() == chatsock::CloseReason::finished);
     REQUIRE(leaves.size() == 1);
     CHECK(leaves[0].name == "bob");
     CHECK(leaves[0].reason == "left");
@@ -323,7 +324,9 @@ TEST_CASE("refused names: the client is told why and closed") {
     CHECK(intruder.inbox[0].from == "server");
     CHECK(intruder.inbox[0].from_server);
     CHECK(intruder.inbox[0].text == "name refused: " + reason);
-    CHECK(intruder.client.close_reason() == "connection closed by the server");
+    CHECK(intruder.client.close_reason() == chatsock::CloseReason::refused);
+    CHECK(intruder.client.close_detail() == "name refused: " + reason);
+    CHECK_FALSE(intruder.client.joined());
     CHECK(joins == 1);
     CHECK(server.client_count() == 1);
     CHECK(has_line(diagnostics, ": " + reason));
@@ -832,6 +835,62 @@ TEST_CASE("a client that resets its connection leaves with the reason") {
     REQUIRE(cst::pump(server, [&] { return server.connection_count() == 1; }, alice));
 }
 
+TEST_CASE("a client whose end-of-stream comes with its output still queued gets that output") {
+    chatsock::Server server(cst::quiet_options());
+    const auto port = cst::start(server);
+    ChatUser alice;
+    cst::join_wait(server, alice, port, "alice");
+    RawPeer brief;
+    brief.connect(port);
+    // Exactly 64 KiB, the server's read size, then end-of-stream, all before the server runs:
+    // its first read is full, so it reads on and finds the end-of-stream in the same turn,
+    // with the welcome still in the queue.
+    const std::string name = chatsock::encode_frame("brief");
+    const std::string text(65536 - name.size() - chatsock::header_size, 't');
+    REQUIRE(brief.send(name + chatsock::encode_frame(text)));
+    brief.shutdown_send();
+    REQUIRE(cst::pump(server, [&] { return brief.ended(); }, brief, alice));
+    CHECK_FALSE(brief.error());
+    REQUIRE(brief.messages.size() == 1);
+    CHECK(brief.messages[0].text == "welcome, brief! 1 other user online");
+    REQUIRE(cst::pump(server, [&] { return alice.got("server", "brief left"); }, alice));
+    CHECK(alice.got("brief", text));
+}
+
+TEST_CASE("a refused client that keeps its side open is closed a second later") {
+    chatsock::Server server(cst::quiet_options());  // a handshake deadline of 10 s
+    const auto port = cst::start(server);
+    RawPeer stubborn;
+    stubborn.connect(port);
+    REQUIRE(stubborn.send_frame(""));
+    REQUIRE(cst::pump(server, [&] { return stubborn.ended(); }, stubborn));  // told, then EOF
+    CHECK(stubborn.got_text_starting("name refused: the name is empty"));
+    const auto t0 = Clock::now();
+    REQUIRE(cst::pump(server, [&] { return server.connection_count() == 0; }));
+    const auto ms = cst::elapsed_ms(t0);
+    CHECK(ms >= 800);   // the second it is given to close its side
+    CHECK(ms < 3000);   // not the handshake's 10 s
+}
+
+TEST_CASE("a frame may take most of frame_timeout to arrive") {
+    auto options = cst::quiet_options();
+    options.frame_timeout = milliseconds(1000);
+    chatsock::Server server(options);
+    Leaves leaves(server);
+    const auto port = cst::start(server);
+    ChatUser alice;
+    cst::join_wait(server, alice, port, "alice");
+    RawPeer typist;
+    cst::raw_join(server, typist, port, "typist");
+    const std::string frame = chatsock::encode_frame("slow but in time");
+    REQUIRE(typist.send(frame.substr(0, 12)));
+    cst::run_for(milliseconds(600), server, alice, typist);  // 60% of the time allowed
+    REQUIRE(typist.send(frame.substr(12)));
+    REQUIRE(cst::pump(server, [&] { return alice.got("typist", "slow but in time"); }, alice, typist));
+    CHECK_FALSE(typist.ended());
+    CHECK(leaves.empty());
+}
+
 TEST_CASE("a client that half-closes still gets what was queued for it") {
     chatsock::Server server(cst::quiet_options());
     const auto port = cst::start(server);
@@ -1284,32 +1343,35 @@ TEST_CASE("the log appends to an existing file") {
 }
 
 TEST_CASE("listen() errors say what was attempted") {
-    SUBCASE("a log that cannot be opened") {
+    std::string attempt;
+    SUBCASE("a log that cannot be opened, and no log file is left behind") {
         cst::TempDir dir;
         auto options = cst::quiet_options();
         options.log_path = dir.file("no-such-dir/chat.log");
         chatsock::Server server(options);
-        auto ec = server.listen();
-        CHECK(ec);
-        CHECK(server.error_context() == "cannot open the conversation log " + options.log_path);
+        CHECK(server.listen(&attempt));
+        CHECK(attempt == "cannot open the conversation log " + options.log_path);
     }
     SUBCASE("a port already taken") {
         chatsock::Server first(cst::quiet_options());
         const auto port = cst::start(first);
+        cst::TempDir dir;
         auto options = cst::quiet_options();
         options.port = port;
+        options.log_path = dir.file("chat.log");
         chatsock::Server second(options);
-        auto ec = second.listen();
-        CHECK(ec);
+        auto ec = second.listen(&attempt);
         CHECK(ec == std::errc::address_in_use);
-        CHECK(second.error_context() == "cannot listen on 127.0.0.1:" + std::to_string(port));
+        CHECK(attempt == "cannot listen on 127.0.0.1:" + std::to_string(port));
+        CHECK_FALSE(std::filesystem::exists(options.log_path));  // a server that never started
     }
     SUBCASE("a host that does not resolve") {
         auto options = cst::quiet_options();
         options.host = "no.such.host.invalid";
         chatsock::Server server(options);
-        CHECK(server.listen());
-        CHECK(server.error_context() == "cannot listen on no.such.host.invalid:0");
+        CHECK(server.listen(&attempt));
+        CHECK(attempt == "cannot listen on no.such.host.invalid:0");
+        CHECK(server.listen());  // the description is optional
     }
 }
 
@@ -1450,7 +1512,8 @@ TEST_CASE("stop() then run(): clients are told the server is stopping, then clos
     for (ChatUser* u : {&alice, &bob}) {
         CHECK_FALSE(u->client.is_open());
         CHECK(u->got("server", "the server is stopping"));
-        CHECK(u->client.close_reason() == "connection closed by the server");
+        CHECK(u->client.close_reason() == chatsock::CloseReason::server_closed);
+        CHECK(u->client.close_detail() == "the server is stopping");
         CHECK_FALSE(u->client.poll(milliseconds(0)));
     }
 }
@@ -1657,7 +1720,7 @@ TEST_CASE("stop() from another thread ends run(): clients hear why and are close
         CHECK(u->got("server", "the server is stopping"));
         CHECK(u->inbox.back().text == "the server is stopping");
         CHECK(u->inbox.back().from_server);
-        CHECK(u->client.close_reason() == "connection closed by the server");
+        CHECK(u->client.close_reason() == chatsock::CloseReason::server_closed);
     }
     REQUIRE(leaves.size() == 2);
     for (const auto& l : leaves) CHECK(l.reason == "server stopping");
