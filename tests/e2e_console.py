@@ -212,9 +212,11 @@ class WindowsConsole(ChatTestCase):
         win.wait_for_key_by_key_input()
         win.type(keys)
         try:
-            rc = win.wait()
-        except AssertionError as e:  # say what reached the other client too
-            self.fail(f"{e}\n{lin.describe()}")
+            rc, still_running = win.wait(), None
+        except AssertionError as e:
+            rc, still_running = None, str(e)
+        if still_running:  # say what reached the other client too
+            self.fail(f"{still_running}\n{lin.describe()}")
         lin.wait_for("server > win left\n")
         self.assertEqual(rc, 0, win.describe())
         lines = lin.lines()
