@@ -36,11 +36,11 @@
 //
 // API AT A GLANCE, by layer, in the order the header teaches them (the rest is in detail::)
 //   1 platform  Socket, socket_t: an owned socket      listen_tcp, accept_tcp, connect_tcp
-//               send_some, recv_some, shutdown_send    local_port, format_address
-//               parse_port, command_line: arguments    write_text: UTF-8 to stdout/stderr
+//               send_some, recv_some, local_port       parse_port, command_line: UTF-8 args
+//               write_text: UTF-8 to stdout or stderr, shown right on a Windows console too
 //   2 poller    Poller (EpollPoller, PollPoller)       PollEvent, want_read, want_write
-//   3 framing   header_size, append_frame, encode_frame, parse_header, FrameDecoder
-//               is_valid_utf8, is_control, printable, append_printable, check_username
+//   3 framing   header_size, encode_frame, parse_header, FrameDecoder
+//               is_valid_utf8, is_control, printable, check_username
 //   4 buffers   SharedBytes, encode_message, OutputQueue, ConversationLog
 //   5 server    Server, ServerOptions, ClientInfo, ClientId, stop_on_ctrl_c
 //   6 client    Client, ClientOptions, Message, CloseReason, StdinLines
@@ -70,9 +70,8 @@
 #  ifndef NOMINMAX
 #    define NOMINMAX
 #  endif
-// A <windows.h> included before this header without NOMINMAX (MSVC's) has made min and max
-// macros, which break std::min/std::max here and in the standard headers: set them aside until
-// the end of this header, which puts them back.
+// A <windows.h> included earlier without NOMINMAX has made min and max macros, which break
+// std::min/std::max: set them aside until the end of this header, which puts them back.
 #  pragma push_macro("min")
 #  pragma push_macro("max")
 #  undef min
@@ -85,9 +84,8 @@
 #    error "chatsock needs Windows Vista or later (_WIN32_WINNT >= 0x0600) for WSAPoll"
 #  endif
 #  if defined(__GNUC__) && defined(_WINSOCKAPI_) && !defined(_WINSOCK2API_)
-// The user's <windows.h> came first and brought the old winsock.h; MinGW's winsock2.h copes
-// but warns about the order. (MSVC cannot mix the two: there, include chatsock.hpp or
-// winsock2.h first, or define WIN32_LEAN_AND_MEAN before <windows.h>.)
+// The user's <windows.h> brought the old winsock.h, and MinGW's winsock2.h would warn. (MSVC
+// cannot mix the two: include chatsock.hpp first, or define WIN32_LEAN_AND_MEAN.)
 #    undef _WINSOCKAPI_  // the guard that makes winsock2.h warn; its own guards suffice
 #  endif
 #  include <winsock2.h>
@@ -156,8 +154,7 @@ namespace detail {
 
 #if defined(_WIN32)
 // Winsock error codes as std::error_code, with the system's own text.
-class winsock_category_impl : public std::error_category {
-public:
+struct winsock_category_impl : std::error_category {
     const char* name() const noexcept override { return "winsock"; }
     std::string message(int code) const override {
         char* text = nullptr;
@@ -203,11 +200,14 @@ inline const std::error_category& os_category() {
 }
 inline std::error_code last_error() { return {WSAGetLastError(), os_category()}; }
 inline void close_socket(socket_t s) { ::closesocket(s); }
+// Stops sending: the peer reads end-of-stream once it has everything sent before.
+inline void shutdown_send(socket_t s) { ::shutdown(s, SD_SEND); }
 constexpr int send_flags = 0;
+// Windows' SO_REUSEADDR lets another program steal the port; this is its safe variant.
+constexpr int reuse_address = SO_EXCLUSIVEADDRUSE;
 using io_size = int;  // what send() and recv() take and return
 
-// Winsock must be started before any socket call. WSAStartup counts its callers, so every
-// object that owns sockets holds one of these and several servers/clients coexist.
+// Winsock must be started first. WSAStartup counts its callers: each socket owner holds one.
 struct NetworkInit {
     NetworkInit() {
         WSADATA data;
@@ -218,8 +218,7 @@ struct NetworkInit {
     NetworkInit(const NetworkInit&) : NetworkInit() {}
     NetworkInit& operator=(const NetworkInit&) { return *this; }
 };
-// The free functions (listen_tcp, connect_tcp, format_address) work without a Server or Client
-// alive: the first call starts Winsock for the rest of the process.
+// For the free functions (listen_tcp...): the first call starts Winsock for the whole process.
 inline void start_network() { static const NetworkInit process_wide; }
 
 // Windows speaks UTF-16 to programs that ask for it; chatsock speaks UTF-8 everywhere.
@@ -241,14 +240,16 @@ inline std::wstring widen(std::string_view text) {
 inline const std::error_category& os_category() { return std::system_category(); }
 inline std::error_code last_error() { return {errno, std::system_category()}; }
 inline void close_socket(socket_t s) { ::close(s); }
+inline void shutdown_send(socket_t s) { ::shutdown(s, SHUT_WR); }
 #  if defined(MSG_NOSIGNAL)
 constexpr int send_flags = MSG_NOSIGNAL;  // a peer that hangs up must not raise SIGPIPE
 #  else
 constexpr int send_flags = 0;  // macOS/BSD: SO_NOSIGPIPE is set per socket
 #  endif
 using io_size = std::size_t;
+constexpr int reuse_address = SO_REUSEADDR;  // a restarted server binds without waiting
 struct NetworkInit {
-    NetworkInit() noexcept {}  // nothing to start on POSIX
+    NetworkInit() noexcept {}  // nothing to start on POSIX (user-provided: the members are used)
 };
 inline void start_network() {}
 #endif
@@ -260,24 +261,17 @@ inline bool would_block(const std::error_code& ec) {
 }
 inline bool interrupted(const std::error_code& ec) { return ec == std::errc::interrupted; }
 
-// Calls `call` again while a signal interrupts it (EINTR); every blocking-capable system call
-// goes through here. Returns its result; on failure (negative) `ec` says why.
+// Calls `call` again while a signal interrupts it (EINTR). On failure (negative) `ec` says why.
 template <class Call>
 auto retry_interrupted(std::error_code& ec, Call call) {
-    for (;;) {
-        auto result = call();
-        if (result >= 0) {
-            ec.clear();
-            return result;
-        }
-        ec = last_error();
-        if (!interrupted(ec)) return result;
-    }
+    auto result = call();
+    while (result < 0 && interrupted(ec = last_error())) result = call();
+    if (result >= 0) ec.clear();
+    return result;
 }
 
-// Every client costs a descriptor, and POSIX caps them per process (`ulimit -n`, often 1,024).
-// Raises the soft limit toward `wanted` as far as the hard limit allows; returns the limit now
-// in force. Windows has no such limit on sockets.
+// Every client costs a descriptor, and POSIX caps them (`ulimit -n`, often 1,024): raises the
+// soft limit toward `wanted` as far as the hard limit allows; returns the limit in force.
 inline std::size_t raise_descriptor_limit(std::size_t wanted) {
 #if defined(_WIN32)
     return wanted;
@@ -300,8 +294,7 @@ inline bool out_of_descriptors(const std::error_code& ec) {
 }
 
 // getaddrinfo() reports its own error codes; give them their own category and text.
-class resolver_category_impl : public std::error_category {
-public:
+struct resolver_category_impl : std::error_category {
     const char* name() const noexcept override { return "resolver"; }
     std::string message(int code) const override {
 #if defined(_WIN32)
@@ -320,24 +313,20 @@ inline void set_option(socket_t s, int level, int name, int value) {
     ::setsockopt(s, level, name, reinterpret_cast<const char*>(&value), sizeof value);
 }
 
-inline std::error_code set_nonblocking(socket_t s) {
+// Every socket chatsock creates goes through here: non-blocking, no SIGPIPE, close-on-exec.
+inline std::error_code prepare_socket(socket_t s) {
 #if defined(_WIN32)
     u_long on = 1;
     if (::ioctlsocket(s, FIONBIO, &on) != 0) return last_error();
 #else
+#  if defined(SO_NOSIGPIPE)
+    set_option(s, SOL_SOCKET, SO_NOSIGPIPE, 1);
+#  endif
     int flags = ::fcntl(s, F_GETFL, 0);
     if (flags < 0 || ::fcntl(s, F_SETFL, flags | O_NONBLOCK) < 0) return last_error();
     ::fcntl(s, F_SETFD, FD_CLOEXEC);
 #endif
     return {};
-}
-
-// Every socket chatsock creates goes through here: non-blocking, no SIGPIPE.
-inline std::error_code prepare_socket(socket_t s) {
-#if defined(SO_NOSIGPIPE)
-    set_option(s, SOL_SOCKET, SO_NOSIGPIPE, 1);
-#endif
-    return set_nonblocking(s);
 }
 
 }  // namespace detail
@@ -353,8 +342,6 @@ public:
         if (this != &other) close(), s_ = other.release();
         return *this;
     }
-    Socket(const Socket&) = delete;
-    Socket& operator=(const Socket&) = delete;
 
     socket_t get() const { return s_; }
     bool valid() const { return s_ != invalid_socket; }
@@ -370,10 +357,7 @@ private:
 
 namespace detail {
 
-struct AddrInfoDeleter {
-    void operator()(addrinfo* a) const { ::freeaddrinfo(a); }
-};
-using AddrInfoList = std::unique_ptr<addrinfo, AddrInfoDeleter>;
+using AddrInfoList = std::unique_ptr<addrinfo, decltype(&::freeaddrinfo)>;
 
 inline AddrInfoList resolve(const std::string& host, std::uint16_t port, bool passive,
                             std::error_code& ec) {
@@ -390,17 +374,13 @@ inline AddrInfoList resolve(const std::string& host, std::uint16_t port, bool pa
     if (rc == EAI_SYSTEM) ec = last_error();
 #endif
     if (rc != 0 && !ec) ec = {rc, resolver_category()};
-    return AddrInfoList(rc == 0 ? list : nullptr);
+    return AddrInfoList(rc == 0 ? list : nullptr, ::freeaddrinfo);
 }
 
-// Vectored send: a list of buffers in one system call. IoBuffer is the OS's own type (iovec,
-// WSABUF), filled in place by the output queue.
+// Vectored send: a list of buffers in one system call. IoBuffer is the OS's own iovec/WSABUF.
 #if defined(_WIN32)
 using IoBuffer = WSABUF;
-inline void set_buffer(IoBuffer& b, const char* data, std::size_t size) {
-    b.buf = const_cast<char*>(data);
-    b.len = static_cast<ULONG>(size);
-}
+inline IoBuffer io_buffer(const char* p, std::size_t n) { return {ULONG(n), const_cast<char*>(p)}; }
 inline std::size_t send_buffers(socket_t s, IoBuffer* buffers, std::size_t n, std::error_code& ec) {
     DWORD sent = 0;
     retry_interrupted(ec, [&] {
@@ -410,10 +390,7 @@ inline std::size_t send_buffers(socket_t s, IoBuffer* buffers, std::size_t n, st
 }
 #else
 using IoBuffer = iovec;
-inline void set_buffer(IoBuffer& b, const char* data, std::size_t size) {
-    b.iov_base = const_cast<char*>(data);
-    b.iov_len = size;
-}
+inline IoBuffer io_buffer(const char* p, std::size_t n) { return {const_cast<char*>(p), n}; }
 inline std::size_t send_buffers(socket_t s, IoBuffer* buffers, std::size_t n, std::error_code& ec) {
     msghdr msg{};
     msg.msg_iov = buffers;
@@ -422,8 +399,7 @@ inline std::size_t send_buffers(socket_t s, IoBuffer* buffers, std::size_t n, st
     return sent < 0 ? 0 : static_cast<std::size_t>(sent);
 }
 #endif
-// At most this many buffers go in one call (Linux and the BSDs allow 1,024, POSIX only 16): a
-// queue of small frames leaves in a few large writes.
+// At most this many buffers go in one call (Linux and the BSDs allow 1,024, POSIX only 16).
 #if defined(IOV_MAX) && IOV_MAX < 1024
 constexpr std::size_t max_send_buffers = IOV_MAX;
 #else
@@ -451,11 +427,7 @@ inline std::error_code wait_connected(socket_t s, milliseconds timeout) {
     std::error_code ec;
 #if defined(_WIN32)
     // select(), not WSAPoll: WSAPoll does not report a failed connect on older Windows.
-    fd_set writable, failed;
-    FD_ZERO(&writable);
-    FD_ZERO(&failed);
-    FD_SET(s, &writable);
-    FD_SET(s, &failed);
+    fd_set writable{1, {s}}, failed{1, {s}};  // Winsock's fd_set: a count, then the sockets
     timeval tv{static_cast<long>(ms / 1000), static_cast<long>(ms % 1000 * 1000)};
     int n = retry_interrupted(ec, [&] { return ::select(0, nullptr, &writable, &failed, &tv); });
 #else
@@ -500,8 +472,8 @@ inline bool parse_port(std::string_view text, std::uint16_t& port) {
     return true;
 }
 
-// The program's arguments as UTF-8. On POSIX that is argv itself; on Windows argv is in the
-// ANSI code page ("João" would arrive mangled), so the UTF-16 command line is converted instead.
+// The program's arguments as UTF-8: argv on POSIX; on Windows argv is in the ANSI code page
+// ("João" would arrive mangled), so the UTF-16 command line is converted instead.
 inline std::vector<std::string> command_line(int argc, char** argv) {
 #if defined(_WIN32)
     int n = 0;
@@ -523,13 +495,7 @@ inline Socket listen_tcp(const std::string& host, std::uint16_t port, std::error
     for (addrinfo* ai = list.get(); ai; ai = ai->ai_next) {
         Socket s(::socket(ai->ai_family, ai->ai_socktype, ai->ai_protocol));
         if (!s && (ec = detail::last_error())) continue;
-#if defined(_WIN32)
-        // Windows' SO_REUSEADDR lets another program steal the port; this is its safe variant.
-        detail::set_option(s.get(), SOL_SOCKET, SO_EXCLUSIVEADDRUSE, 1);
-#else
-        // A restarted server binds at once instead of waiting out TIME_WAIT.
-        detail::set_option(s.get(), SOL_SOCKET, SO_REUSEADDR, 1);
-#endif
+        detail::set_option(s.get(), SOL_SOCKET, detail::reuse_address, 1);
         if (ai->ai_family == AF_INET6)  // dual stack: "::" also takes IPv4 (Windows defaults off)
             detail::set_option(s.get(), IPPROTO_IPV6, IPV6_V6ONLY, 0);
         if (::bind(s.get(), ai->ai_addr, static_cast<socklen_t>(ai->ai_addrlen)) != 0 ||
@@ -578,8 +544,7 @@ inline Socket connect_tcp(const std::string& host, std::uint16_t port, milliseco
     return Socket();
 }
 
-// Sends what the socket takes now. Returns the byte count; 0 with ec set on error
-// (would_block(ec) when the socket is full).
+// Sends what the socket takes now: the byte count, or 0 with ec set (would_block(ec): full).
 inline std::size_t send_some(socket_t s, const char* data, std::size_t size, std::error_code& ec) {
     size = std::min<std::size_t>(size, 1u << 30);  // Winsock counts in int
     auto n = detail::retry_interrupted(ec, [&] {
@@ -588,8 +553,8 @@ inline std::size_t send_some(socket_t s, const char* data, std::size_t size, std
     return n < 0 ? 0 : static_cast<std::size_t>(n);
 }
 
-// Receives what is there. Returns the byte count; 0 with !ec means the peer closed;
-// 0 with ec set is an error (would_block(ec) when nothing is there yet).
+// Receives what is there: the byte count; 0 with !ec: the peer closed; 0 with ec: an error
+// (would_block(ec) when nothing is there yet).
 inline std::size_t recv_some(socket_t s, char* data, std::size_t size, std::error_code& ec) {
     size = std::min<std::size_t>(size, 1u << 30);
     auto n = detail::retry_interrupted(
@@ -598,15 +563,6 @@ inline std::size_t recv_some(socket_t s, char* data, std::size_t size, std::erro
 }
 
 namespace detail {
-
-// Stops sending: the peer reads end-of-stream once it has everything sent before.
-inline void shutdown_send(socket_t s) {
-#if defined(_WIN32)
-    ::shutdown(s, SD_SEND);
-#else
-    ::shutdown(s, SHUT_WR);
-#endif
-}
 
 // A one-way channel inside the process that a poller can watch: a socket pair, made by hand
 // on Windows (over loopback; WSAPoll only waits on sockets). Both ends non-blocking.
@@ -646,9 +602,12 @@ public:
         ::send(write_.get(), "!", 1, send_flags);
         errno = saved;
     }
-    void drain() noexcept {
+    // Whether `s` is this channel's own socket, which it then empties: a wake is not an event.
+    bool absorb(socket_t s) noexcept {
+        if (s != read_.get()) return false;
         char buf[256];
         while (::recv(read_.get(), buf, sizeof buf, 0) > 0) {}
+        return true;
     }
 
 private:
@@ -673,8 +632,7 @@ inline std::string utc_timestamp(std::chrono::system_clock::time_point when) {
     return text;
 }
 
-// Opens a file to append to, UTF-8 path on Windows too, unbuffered so that each fwrite is
-// one write to the OS.
+// Opens a file (UTF-8 path) to append to, unbuffered: each fwrite is one write to the OS.
 inline std::FILE* open_append(const std::string& path, std::error_code& ec) {
 #if defined(_WIN32)
     std::FILE* f = ::_wfopen(widen(path).c_str(), L"ab");
@@ -686,28 +644,8 @@ inline std::FILE* open_append(const std::string& path, std::error_code& ec) {
     return f;
 }
 
-// Console output: a Windows console shows UTF-8 bytes in its own code page, so text goes to
-// it as UTF-16; pipes and files everywhere get the bytes as they are.
-inline void write_console_or_bytes(std::FILE* stream, std::string_view text) {
-#if defined(_WIN32)
-    const HANDLE h = ::GetStdHandle(stream == stderr ? STD_ERROR_HANDLE : STD_OUTPUT_HANDLE);
-    DWORD mode = 0;
-    if ((stream == stdout || stream == stderr) && ::GetConsoleMode(h, &mode)) {
-        std::fflush(stream);
-        const std::wstring wide = widen(text);
-        DWORD written = 0;
-        ::WriteConsoleW(h, wide.data(), static_cast<DWORD>(wide.size()), &written, nullptr);
-        return;
-    }
-#endif
-    std::fwrite(text.data(), 1, text.size(), stream);
-    std::fflush(stream);
-}
-
-// Standard input without blocking a loop: a descriptor the poller can watch, and a read of
-// what is there. A console cannot be waited on with WSAPoll, so on Windows a thread reads it
-// and passes the text on through a socket pair; it may outlive the reader (blocked in a read
-// of the console until the process exits).
+// Standard input as a descriptor the poller can watch. WSAPoll cannot wait on a console, so on
+// Windows a thread reads it into a socket pair (and may outlive the reader, blocked in a read).
 class StdinReader {
 public:
 #if defined(_WIN32)
@@ -734,8 +672,7 @@ public:
 #else
     static socket_t handle() { return 0; }
 #endif
-    // Appends what has arrived to `into`, first waiting for something when `wait` is set.
-    // Returns false once input has ended.
+    // Appends what has arrived to `into` (first waiting, with `wait`); false once input ended.
     bool read_some(std::string& into, bool wait) {
         pollfd_t p{handle(), POLLIN, 0};
         if (wait) poll_sockets(&p, 1, -1);
@@ -763,8 +700,7 @@ private:
             std::string chunk;
             if (console) {  // UTF-16 from the console, whatever its code page, to UTF-8
                 wchar_t wide[4096];
-                // A line that starts with Ctrl+Z (Windows' end of input) or Ctrl+D (what a
-                // POSIX user types) ends the input; it is never sent as text.
+                // A line starting with Ctrl+Z (Windows' end of input) or Ctrl+D ends the input.
                 more = ::ReadConsoleW(in, wide, 4096, &n, nullptr) && n > 0 && wide[0] != 0x1A &&
                        wide[0] != 0x04;
                 if (more) chunk = narrow(wide, static_cast<int>(n));
@@ -786,10 +722,9 @@ private:
 #endif
 };
 
-// Ctrl+C, SIGTERM, or closing the console window call `on_stop()` (from a signal handler or
-// a system thread, so it must be async-signal-safe), which returns whether anyone was there
-// to stop. Windows ends the process once the handler returns from a console close: it waits
-// `grace_ms` first, for the program to say goodbye.
+// Ctrl+C, SIGTERM or closing the console call `on_stop()` (async-signal-safe), which returns
+// whether anyone was there to stop. Windows ends the process once the handler returns from a
+// console close: it waits `stop_grace_ms` first, for the program to say goodbye.
 inline std::atomic<bool (*)()> on_stop{nullptr};
 inline std::atomic<long long> stop_grace_ms{0};
 #if defined(_WIN32)
@@ -819,10 +754,22 @@ inline void catch_stop_signals() {
 
 }  // namespace detail
 
-// Writes UTF-8 text to stdout or stderr so that every character shows: to a Windows console
-// as UTF-16, to pipes and files (and any POSIX terminal) as bytes. Flushed at once.
+// Writes UTF-8 text to stdout or stderr, flushed, so that every character shows: to a Windows
+// console (bytes would show in its code page) as UTF-16, to anything else as bytes.
 inline void write_text(std::FILE* stream, std::string_view text) {
-    detail::write_console_or_bytes(stream, text);
+#if defined(_WIN32)
+    const HANDLE h = ::GetStdHandle(stream == stderr ? STD_ERROR_HANDLE : STD_OUTPUT_HANDLE);
+    DWORD mode = 0;
+    if ((stream == stdout || stream == stderr) && ::GetConsoleMode(h, &mode)) {
+        std::fflush(stream);
+        const std::wstring wide = detail::widen(text);
+        DWORD written = 0;
+        ::WriteConsoleW(h, wide.data(), static_cast<DWORD>(wide.size()), &written, nullptr);
+        return;
+    }
+#endif
+    std::fwrite(text.data(), 1, text.size(), stream);
+    std::fflush(stream);
 }
 
 // ============================================================================================
@@ -839,8 +786,7 @@ struct PollEvent {
     bool hangup;    // POLLHUP/POLLERR: the peer is gone or the socket failed; read to learn why
 };
 
-// The portable backend: poll() on POSIX, WSAPoll on Windows. O(1) add/modify/remove through
-// an index from socket to slot; wait() is O(sockets watched).
+// The portable backend, poll() or WSAPoll: O(1) add/modify/remove, wait() O(sockets watched).
 class PollPoller {
 public:
     PollPoller() { add(wake_.socket(), want_read); }
@@ -869,23 +815,18 @@ public:
         fds_.pop_back();
         return {};
     }
-    // Waits up to timeout_ms (-1: no limit) and replaces `events` with what is ready.
-    // A wake() or a signal returns early, possibly with no events.
+    // Replaces `events` with what is ready within timeout_ms (-1: no limit); a wake() or a
+    // signal returns early, possibly with no events.
     std::error_code wait(std::vector<PollEvent>& events, int timeout_ms) {
         events.clear();
         int n = detail::poll_sockets(fds_.data(), fds_.size(), timeout_ms);
-        if (n < 0) {
-            auto ec = detail::last_error();
-            return detail::interrupted(ec) ? std::error_code() : ec;
-        }
+        if (n < 0 && detail::interrupted(detail::last_error())) return {};  // a signal
+        if (n < 0) return detail::last_error();
         for (std::size_t i = 0; i < fds_.size() && n > 0; ++i) {
             const auto& p = fds_[i];
             if (p.revents == 0) continue;
             --n;
-            if (p.fd == wake_.socket()) {
-                wake_.drain();
-                continue;
-            }
+            if (wake_.absorb(p.fd)) continue;
             events.push_back({p.fd, (p.revents & POLLIN) != 0, (p.revents & POLLOUT) != 0,
                               (p.revents & (POLLHUP | POLLERR | POLLNVAL)) != 0});
         }
@@ -914,13 +855,9 @@ public:
         if (auto ec = add(wake_.socket(), want_read))
             throw std::system_error(ec, "chatsock: epoll");
     }
-    std::error_code add(socket_t s, unsigned interest) {
-        return control(EPOLL_CTL_ADD, s, interest);
-    }
-    std::error_code modify(socket_t s, unsigned interest) {
-        return control(EPOLL_CTL_MOD, s, interest);
-    }
-    std::error_code remove(socket_t s) { return control(EPOLL_CTL_DEL, s, 0); }
+    std::error_code add(socket_t s, unsigned wanted) { return ctl(EPOLL_CTL_ADD, s, wanted); }
+    std::error_code modify(socket_t s, unsigned wanted) { return ctl(EPOLL_CTL_MOD, s, wanted); }
+    std::error_code remove(socket_t s) { return ctl(EPOLL_CTL_DEL, s, 0); }
 
     std::error_code wait(std::vector<PollEvent>& events, int timeout_ms) {
         events.clear();
@@ -930,10 +867,7 @@ public:
         for (int i = 0; i < n; ++i) {
             const int fd = ready[i].data.fd;
             const auto e = ready[i].events;
-            if (fd == wake_.socket()) {
-                wake_.drain();
-                continue;
-            }
+            if (wake_.absorb(fd)) continue;
             events.push_back(
                 {fd, (e & EPOLLIN) != 0, (e & EPOLLOUT) != 0, (e & (EPOLLHUP | EPOLLERR)) != 0});
         }
@@ -943,10 +877,9 @@ public:
     static const char* backend() { return "epoll"; }
 
 private:
-    std::error_code control(int op, socket_t s, unsigned interest) {
+    std::error_code ctl(int op, socket_t s, unsigned wanted) {
         epoll_event ev{};
-        ev.events =
-            ((interest & want_read) ? EPOLLIN : 0u) | ((interest & want_write) ? EPOLLOUT : 0u);
+        ev.events = ((wanted & want_read) ? EPOLLIN : 0u) | ((wanted & want_write) ? EPOLLOUT : 0u);
         ev.data.fd = s;
         return ::epoll_ctl(ep_.get(), op, s, &ev) == 0 ? std::error_code() : detail::last_error();
     }
@@ -969,7 +902,7 @@ constexpr std::size_t default_max_payload = 64 * 1024;
 constexpr std::size_t default_max_name_bytes = 32;
 
 // Appends one frame: the payload length, left-aligned in 10 space-padded ASCII digits, then the
-// payload. Throws std::length_error for a payload whose length does not fit in 10 digits.
+// payload. Throws std::length_error when the length does not fit in 10 digits.
 inline void append_frame(std::string& out, std::string_view payload) {
     if (payload.size() > 9'999'999'999ull) throw std::length_error("chatsock: frame too large");
     char header[header_size];
@@ -1022,8 +955,8 @@ inline std::size_t utf8_sequence(std::string_view s, std::size_t i, char32_t& cp
     return len;
 }
 
-// Chat text is mostly plain ASCII, so validating and escaping skip it eight bytes at a time:
-// a few word operations tell whether any byte of a 64-bit word needs a closer look.
+// Chat text is mostly ASCII: validating and escaping skip it eight bytes at a time, a few word
+// operations telling whether any byte of a 64-bit word needs a closer look.
 inline std::uint64_t load8(const char* p) {
     std::uint64_t w;
     std::memcpy(&w, p, 8);
@@ -1080,34 +1013,34 @@ inline void append_printable(std::string& out, std::string_view s, bool escape_b
             continue;
         }
         char32_t cp = 0;
-        n = utf8_sequence(s, i, cp);
-        if (n == 0) {  // not UTF-8: show the raw byte
-            std::snprintf(hex, sizeof hex, "\\x%02x", static_cast<unsigned char>(s[i]));
+        const bool raw = (n = utf8_sequence(s, i, cp)) == 0;  // not UTF-8: show the byte, \xNN
+        if (raw) n = 1, cp = static_cast<unsigned char>(s[i]);
+        if (cp == '\n') out += "\\n";
+        else if (cp == '\r') out += "\\r";
+        else if (cp == '\t') out += "\\t";
+        else if (cp == '\\' && escape_backslash) out += "\\\\";
+        else if (!raw && !is_control(cp)) out.append(s.data() + i, n);
+        else {
+            std::snprintf(hex, sizeof hex, raw || cp < 0x80 ? "\\x%02x" : "\\u%04x", unsigned(cp));
             out += hex;
-            n = 1;
-        } else if (cp == '\n') {
-            out += "\\n";
-        } else if (cp == '\r') {
-            out += "\\r";
-        } else if (cp == '\t') {
-            out += "\\t";
-        } else if (cp == '\\' && escape_backslash) {
-            out += "\\\\";
-        } else if (is_control(cp)) {
-            std::snprintf(hex, sizeof hex, cp < 0x80 ? "\\x%02x" : "\\u%04x",
-                          static_cast<unsigned>(cp));
-            out += hex;
-        } else {
-            out.append(s.data() + i, n);
         }
     }
+}
+// Names compare without regard to ASCII case: "Alice" and "alice" are the same user.
+inline std::string ascii_lower(std::string_view s) {
+    std::string out(s);
+    for (char& c : out)
+        if (c >= 'A' && c <= 'Z') c = char(c - 'A' + 'a');
+    return out;
+}
+inline bool equal_ignoring_ascii_case(std::string_view a, std::string_view b) {
+    return a.size() == b.size() && ascii_lower(a) == ascii_lower(b);
 }
 }  // namespace detail
 
 // Makes received text safe for a terminal or a one-line-per-event file: control characters
-// (C0, DEL, C1 — the bytes that start terminal escape sequences) and invalid UTF-8 bytes
-// become visible escapes like \n, \x1b, \u009b; everything else passes unchanged.
-// With escape_backslash, a literal backslash is doubled so the escaping can be undone.
+// (C0, DEL, C1: they start terminal escapes) and invalid UTF-8 bytes become escapes like \n,
+// \x1b, \u009b. With escape_backslash, a backslash is doubled so the escaping can be undone.
 inline std::string printable(std::string_view s, bool escape_backslash = false) {
     std::string out;
     out.reserve(s.size());
@@ -1123,10 +1056,9 @@ public:
     explicit FrameDecoder(std::size_t max_payload = detail::default_max_payload)
         : max_payload_(max_payload) {}
 
-    // Calls on_frame(payload) for each whole frame in `data` (after finishing one begun in an
-    // earlier chunk) and keeps only an unfinished last frame: frames are read straight from the
-    // chunk, without a copy. The views live as long as the call. on_frame returns false to
-    // stop; the rest of the chunk is then dropped.
+    // Calls on_frame(payload) for each whole frame, read straight from the chunk (views valid
+    // during the call), and keeps only an unfinished last one. on_frame returns false to stop;
+    // the rest of the chunk is then dropped.
     template <class OnFrame>
     void decode(const char* data, std::size_t size, OnFrame&& on_frame) {
         if (failed()) return;
@@ -1186,19 +1118,6 @@ private:
     std::string error_;
 };
 
-namespace detail {
-// Names compare without regard to ASCII case: "Alice" and "alice" are the same user.
-inline std::string ascii_lower(std::string_view s) {
-    std::string out(s);
-    for (char& c : out)
-        if (c >= 'A' && c <= 'Z') c = char(c - 'A' + 'a');
-    return out;
-}
-inline bool equal_ignoring_ascii_case(std::string_view a, std::string_view b) {
-    return a.size() == b.size() && ascii_lower(a) == ascii_lower(b);
-}
-}  // namespace detail
-
 // Checks a username against the rules every chatsock server applies; empty when it is fine,
 // otherwise the reason, ready to show to the user. (Uniqueness is the server's to check.)
 inline std::string check_username(std::string_view name, std::string_view reserved_name,
@@ -1235,9 +1154,8 @@ inline SharedBytes encode_message(std::string_view from, std::string_view text) 
     return bytes;
 }
 
-// What a connection still has to send. Writes resume where the socket stopped taking bytes,
-// and everything queued goes out in one vectored send per call. The chunks live in a vector
-// read from `head_` on, so a queue that keeps being filled and drained allocates nothing.
+// What a connection still has to send, in one vectored send per call. The chunks live in a
+// vector read from `head_` on, so a queue that keeps being filled and drained allocates nothing.
 class OutputQueue {
 public:
     void push(SharedBytes bytes) {
@@ -1248,8 +1166,7 @@ public:
     bool empty() const { return head_ == chunks_.size(); }
     std::size_t size_bytes() const { return bytes_ - offset_; }
 
-    // Sends as much as the socket takes now. Returns an error only for a broken connection;
-    // a full socket just leaves the rest queued.
+    // Sends what the socket takes now. An error only for a broken connection, not a full one.
     std::error_code write_to(socket_t s) {
         while (!empty()) {
             detail::IoBuffer buffers[detail::max_send_buffers];
@@ -1257,8 +1174,8 @@ public:
             for (std::size_t i = head_; i < chunks_.size() && count < detail::max_send_buffers;
                  ++i, ++count) {
                 const std::size_t skip = count == 0 ? offset_ : 0;
-                detail::set_buffer(buffers[count], chunks_[i]->data() + skip,
-                                   chunks_[i]->size() - skip);
+                buffers[count] =
+                    detail::io_buffer(chunks_[i]->data() + skip, chunks_[i]->size() - skip);
             }
             std::error_code ec;
             const std::size_t sent = detail::send_buffers(s, buffers, count, ec);
@@ -1282,8 +1199,7 @@ private:
             chunks_[head_++].reset();
         }
         if (empty()) {
-            // Keeps room for one full writev for the next burst; gives a bigger vector back
-            // (idle clients should cost little).
+            // Keeps room for one full writev; gives a bigger vector back (idle clients are cheap).
             if (chunks_.capacity() > detail::max_send_buffers) chunks_ = {};
             else chunks_.clear();
             head_ = 0;
@@ -1298,19 +1214,11 @@ private:
     std::size_t offset_ = 0;  // bytes of the first chunk already sent
 };
 
-namespace detail {
-// The default diagnostics: "chatsock: <line>" on stderr.
-inline void print_to_stderr(std::string_view line) {
-    write_text(stderr, "chatsock: " + std::string(line) + "\n");
-}
-}  // namespace detail
-
 // The conversation log: one line per event, tab-separated, appended as events happen:
 //   2026-11-25T03:39:03.123Z<TAB>message<TAB>alice<TAB>hello\tworld
-// Fields are escaped with printable(..., true), so no text can forge a line or carry terminal
-// escapes into the file. Lines collect during one loop iteration and go to the OS in one
-// write before any message of that iteration is sent on, so a crash never loses a delivered
-// line. The lines of one batch share one reading of the clock.
+// Fields are escaped with printable(..., true): no text can forge a line or carry terminal
+// escapes. A loop turn's lines, with one timestamp, go to the OS in one write before any message
+// of that turn is sent on, so a crash never loses a delivered line.
 class ConversationLog {
 public:
     ConversationLog() = default;
@@ -1330,10 +1238,7 @@ public:
     void add(std::string_view event, std::string_view who, std::string_view text) {
         if (!file_) return;
         if (pending_.empty()) time_ = detail::utc_timestamp(std::chrono::system_clock::now());
-        pending_ += time_;
-        pending_ += '\t';
-        pending_ += event;
-        pending_ += '\t';
+        pending_.append(time_).append(1, '\t').append(event).append(1, '\t');
         detail::append_printable(pending_, who, true);
         pending_ += '\t';
         detail::append_printable(pending_, text, true);
@@ -1385,15 +1290,15 @@ struct ServerOptions {
     milliseconds handshake_timeout{10000};     // to send a username after connecting
     milliseconds frame_timeout{30000};         // for a frame to arrive whole once it has begun
     std::size_t output_hard_limit = 8u << 20;  // queued bytes: over it, disconnect at once
-    std::size_t output_soft_limit = 1u
-                                    << 20;  // over it for longer than soft_limit_time: disconnect
+    std::size_t output_soft_limit = 1u << 20;  // over it for soft_limit_time: disconnect
     milliseconds soft_limit_time{10000};
     milliseconds stop_drain_time{2000};  // stop(): time for queued output to reach clients
     milliseconds accept_pause{100};      // out of file descriptors: pause accepting this long
     bool exit_when_empty = false;        // run() returns once the last user has left
-    // One line of text per event for a human (listening, joins, refusals, errors); nullptr
-    // for silence.
-    std::function<void(std::string_view line)> diagnostics = detail::print_to_stderr;
+    // One line per event for a human (listening, joins, refusals, errors); nullptr: silence.
+    std::function<void(std::string_view line)> diagnostics = [](std::string_view line) {
+        write_text(stderr, "chatsock: " + std::string(line) + "\n");
+    };
 };
 
 // What callbacks learn about a client.
@@ -1410,8 +1315,6 @@ public:
         Server* self = this;  // a late Ctrl+C must not reach a destroyed server
         detail::ctrl_c_target.compare_exchange_strong(self, nullptr);
     }
-    Server(const Server&) = delete;
-    Server& operator=(const Server&) = delete;
 
     // Called on the loop's thread. Callbacks may call send_to, broadcast and disconnect.
     std::function<void(const ClientInfo&)> on_join;
@@ -1419,16 +1322,15 @@ public:
     std::function<bool(const ClientInfo&, std::string& text)> on_message;
     std::function<void(const ClientInfo&, std::string_view reason)> on_leave;
 
-    // Opens the listening socket, then the conversation log. After this, port() is known.
-    // On failure, *attempt (when given) says what failed: "cannot listen on 127.0.0.1:1234".
+    // Opens the listening socket, then the log; port() is then known. On failure, *attempt (when
+    // given) says what failed: "cannot listen on 127.0.0.1:1234".
     std::error_code listen(std::string* attempt = nullptr) {
         fit_descriptor_limit();
         std::error_code ec;
         listener_ = listen_tcp(options_.host, options_.port, ec);
-        if (ec) {
-            if (attempt) *attempt = "cannot listen on " + address_of(options_.host, options_.port);
-            return ec;
-        }
+        if (ec && attempt)
+            *attempt = "cannot listen on " + address_of(options_.host, options_.port);
+        if (ec) return ec;
         if (!options_.log_path.empty() && (ec = log_.open(options_.log_path))) {
             if (attempt) *attempt = "cannot open the conversation log " + options_.log_path;
             listener_.close();
@@ -1442,8 +1344,8 @@ public:
 
     std::uint16_t port() const { return local_port(listener_.get()); }
 
-    // Serves until stop() (or, with exit_when_empty, until the last user leaves), then
-    // says goodbye to everyone, lets their queues drain for stop_drain_time and closes.
+    // Serves until stop() (or exit_when_empty's last leave), then says goodbye to everyone,
+    // lets their queues drain for stop_drain_time and closes.
     std::error_code run() {
         if (!listening_)
             if (auto ec = listen()) return ec;
@@ -1454,16 +1356,13 @@ public:
         return {};
     }
 
-    // One turn of the event loop: waits up to max_wait (-1: until something happens) for
-    // sockets and deadlines, then handles everything ready. For programs with their own loop.
+    // One turn of the event loop, for programs with their own: waits up to max_wait (-1: no
+    // limit) for sockets and deadlines, then handles everything ready.
     std::error_code run_once(milliseconds max_wait) {
         if (auto ec = poller_.wait(events_, next_timeout(max_wait))) return ec;
         for (const PollEvent& ev : events_) {
-            if (ev.socket == listener_.get()) {
-                accept_all();
-                continue;
-            }
-            auto it = connections_.find(ev.socket);
+            if (ev.socket == listener_.get()) accept_all();
+            auto it = connections_.find(ev.socket);  // the listener is not a connection
             if (it == connections_.end() || it->second->dead) continue;
             Connection& c = *it->second;
             if (ev.readable || ev.hangup) read_from(c, ev.hangup);
@@ -1474,8 +1373,7 @@ public:
         return {};
     }
 
-    // Asks run() to finish. Safe from a signal handler and from any thread: it only sets a
-    // flag and wakes the poller.
+    // Asks run() to finish. Safe from a signal handler and from any thread.
     void stop() noexcept {
         stop_requested_.store(true);
         poller_.wake();
@@ -1557,8 +1455,8 @@ private:
         auto it = by_id_.find(id);
         return it == by_id_.end() || it->second->dead ? nullptr : it->second;
     }
-    // Like Redis: make room for max_clients descriptors, and if the OS will not, accept fewer
-    // clients so that the last ones are told "the server is full" instead of failing to accept.
+    // Like Redis: make room for max_clients descriptors or accept fewer clients, so that the
+    // last ones are told "the server is full" instead of failing to accept.
     void fit_descriptor_limit() {
         constexpr std::size_t reserve = 32;  // listener, log, poller, wake pipe, stdio, a spare
         const std::size_t limit = detail::raise_descriptor_limit(options_.max_clients + reserve);
@@ -1579,20 +1477,19 @@ private:
             if (s) {
                 accept_paused_logged_ = false;
                 add_connection(std::move(s), std::move(peer));
-            } else if (detail::out_of_descriptors(ec)) {
-                // The pending connection stays in the backlog, so the listener would stay
-                // readable and the loop would spin: stop watching it for a moment.
-                if (!accept_paused_logged_)
-                    say("cannot accept: " + ec.message() + "; pausing accepts");
-                accept_paused_logged_ = true;
-                poller_.modify(listener_.get(), 0);
-                accept_resume_at_ = Clock::now() + options_.accept_pause;
-                accepts_paused_ = true;
-                return;
-            } else {
-                if (!detail::would_block(ec)) say("accept failed: " + ec.message());
-                return;
+                continue;
             }
+            if (detail::out_of_descriptors(ec)) {
+                // The listener stays readable and the loop would spin: stop watching it a while.
+                if (!std::exchange(accept_paused_logged_, true))
+                    say("cannot accept: " + ec.message() + "; pausing accepts");
+                accepts_paused_ = true;
+                accept_resume_at_ = Clock::now() + options_.accept_pause;
+                poller_.modify(listener_.get(), 0);
+            } else if (!detail::would_block(ec)) {
+                say("accept failed: " + ec.message());
+            }
+            return;
         }
     }
     void add_connection(Socket s, std::string peer) {
@@ -1628,8 +1525,8 @@ private:
             if (ec) return close_now(c, "connection lost: " + ec.message());
             if (n == 0) return peer_finished(c);
             total += n;
-            // A short read drained the socket: skip the recv that would only say "empty".
-            // Polling is level-triggered, so anything arriving later is reported again.
+            // A short read drained the socket: skip the recv that would say "empty" (polling is
+            // level-triggered: anything arriving later is reported again).
             const bool drained = n < sizeof buf && !hangup;
             if (c.state == State::closing) continue;  // discard: we are only waiting for EOF
             bool completed = false;
@@ -1649,16 +1546,13 @@ private:
             if (drained) return;
         }
     }
-    // A frame must arrive whole within frame_timeout of its first byte: a client that sends half
-    // a frame and stalls (slowloris) holds a buffer and a descriptor, so it is dropped.
+    // A frame must arrive whole within frame_timeout of its first byte: a client that stalls
+    // mid-frame (slowloris) holds a buffer and a descriptor, so it is dropped.
     void track_partial_frame(Connection& c, bool completed_one) {
-        if (c.state != State::joined || c.input.buffered() == 0) {
-            c.partial = false;
-            return;
-        }
-        if (c.partial && !completed_one) return;  // the same frame is still arriving
+        const bool was_partial = c.partial;
+        c.partial = c.state == State::joined && c.input.buffered() > 0;
+        if (!c.partial || (was_partial && !completed_one)) return;  // or the same frame goes on
         c.partial_since = Clock::now();
-        c.partial = true;
         schedule(c);
     }
     void handle_frame(Connection& c, std::string_view frame) {
@@ -1702,14 +1596,12 @@ private:
         if (announce) broadcast(c.info.name + " joined", {}, c.info.id);
         if (on_join) on_join(c.info);
     }
-    // Joins and leaves in a room of this many users go to everyone? A room filling up to N users
-    // would get N²/2 join notices: big rooms get none.
+    // Joins and leaves are announced only in rooms this small: N joins would cost N²/2 notices.
     bool announced(std::size_t room) const { return room <= options_.announce_up_to; }
 
     // ---- writing --------------------------------------------------------------------------
     void relay(const SharedBytes& bytes, ClientId except) {
-        // enqueue() may cut a member off; it stays in members_ (marked dead) until the end of
-        // the turn, so this walk is never disturbed.
+        // A member enqueue() cuts off stays in members_ (dead) until the end of the turn.
         for (Connection* m : members_)
             if (m->info.id != except && !m->dead) enqueue(*m, bytes);
     }
@@ -1717,8 +1609,7 @@ private:
         c.output.push(std::move(bytes));
         const std::size_t hard = options_.output_hard_limit;
         if (c.output.size_bytes() > hard) {
-            // Writes wait for the end of the turn; before calling this client slow, give it
-            // what its socket takes now (the log goes first, as always).
+            // Before calling this client slow, give it what its socket takes now (log first).
             log_.flush(options_.diagnostics);
             if (auto ec = c.output.write_to(c.socket.get()))
                 return close_now(c, "connection lost: " + ec.message());
@@ -1733,10 +1624,7 @@ private:
         mark_dirty(c);
     }
     void mark_dirty(Connection& c) {
-        if (!c.dirty) {
-            c.dirty = true;
-            dirty_.push_back(c.info.id);
-        }
+        if (!std::exchange(c.dirty, true)) dirty_.push_back(c.info.id);
     }
     void flush(Connection& c) {
         c.dirty = false;
@@ -1745,16 +1633,13 @@ private:
         if (c.over_soft && c.output.size_bytes() <= options_.output_soft_limit) c.over_soft = false;
         if (c.state == State::closing && c.output.empty()) {
             if (c.peer_finished) return close_now(c, c.leave_reason);
-            if (!c.sent_eof)
-                detail::shutdown_send(c.socket.get());  // all sent; now the peer's turn
-            c.sent_eof = true;
+            // All sent: now the peer's turn to close.
+            if (!std::exchange(c.sent_eof, true)) detail::shutdown_send(c.socket.get());
         }
         const bool want = !c.output.empty();
-        if (want != c.write_interest) {
-            c.write_interest = want;
+        if (std::exchange(c.write_interest, want) != want)
             poller_.modify(c.socket.get(),
                            (c.peer_finished ? 0 : want_read) | (want ? want_write : 0));
-        }
     }
 
     // ---- closing: the verbs of the state machine above ------------------------------------
@@ -1764,8 +1649,8 @@ private:
         enqueue(c, encode_message(options_.server_name, reason));
         if (!c.dead) begin_closing(c, std::move(reason));
     }
-    // joined or naming -> closing: a joined user leaves the room now; the connection lives on
-    // until its queue is sent and the peer has closed, a second at most.
+    // -> closing: a joined user leaves the room now; the connection lives on until its queue
+    // is sent and the peer has closed, a second at most.
     void begin_closing(Connection& c, std::string reason) {
         if (c.state == State::joined) leave_room(c, reason);
         c.state = State::closing;
@@ -1781,8 +1666,8 @@ private:
         c.write_interest = true;  // end-of-stream stays readable: watch for writability only
         poller_.modify(c.socket.get(), want_write);
     }
-    // Any state -> dead: nothing more is read from it, relayed to it or relayed from it. The
-    // socket closes at the end of the turn, where a joined user leaves the room.
+    // -> dead: nothing more is read, relayed to it or from it. The socket closes at the end of
+    // the turn, where a joined user leaves the room.
     void close_now(Connection& c, const std::string& reason) {
         if (c.dead) return;
         c.dead = true;
@@ -1791,9 +1676,8 @@ private:
     }
     // Out of the room: the name is free again, the others are told, on_leave is called.
     void leave_room(Connection& c, const std::string& reason) {
-        Connection* last = members_.back();
-        members_[c.member_slot] = last;
-        last->member_slot = c.member_slot;
+        members_[c.member_slot] = members_.back();  // the last one fills the hole
+        members_[c.member_slot]->member_slot = c.member_slot;
         members_.pop_back();
         names_in_use_.erase(detail::ascii_lower(c.info.name));
         log_.add("leave", c.info.name, reason);
@@ -1806,10 +1690,9 @@ private:
     }
 
     // ---- deadlines ------------------------------------------------------------------------
-    // Every connection has at most one entry in deadlines_: the soonest deadline of its state.
-    // naming: the handshake; joined: a frame arriving whole, or the queue back under the soft
-    // limit; closing: the peer's close. The loop sleeps until the first entry. An entry that
-    // has become too early (the deadline moved later) is set again when it fires.
+    // A connection has at most one entry in deadlines_, its state's soonest: naming: the name;
+    // joined: a frame arriving whole, the queue back under the soft limit; closing: the peer's
+    // close. An entry that is too early (the deadline moved later) is set again when it fires.
     Clock::time_point due(const Connection& c) const {
         if (c.state == State::naming) return c.connected_at + options_.handshake_timeout;
         if (c.state == State::closing) return c.closing_until;
@@ -1828,8 +1711,7 @@ private:
         if (c.scheduled) deadlines_.insert({when, c.info.id});
     }
     void unschedule(Connection& c) {
-        if (c.scheduled) deadlines_.erase({c.deadline, c.info.id});
-        c.scheduled = false;
+        if (std::exchange(c.scheduled, false)) deadlines_.erase({c.deadline, c.info.id});
     }
     void check_deadlines() {
         const auto now = Clock::now();
@@ -1839,10 +1721,8 @@ private:
             c.scheduled = false;
             if (!c.dead) expire(c, now);
         }
-        if (accepts_paused_ && now >= accept_resume_at_) {
-            accepts_paused_ = false;
+        if (now >= accept_resume_at_ && std::exchange(accepts_paused_, false))
             poller_.modify(listener_.get(), want_read);
-        }
     }
     void expire(Connection& c, Clock::time_point now) {
         if (due(c) > now) return schedule(c);  // not yet: the deadline moved later
@@ -1952,16 +1832,13 @@ private:
     std::vector<PollEvent> events_;
     ClientId next_id_ = 1;
     std::atomic<bool> stop_requested_{false};
-    bool listening_ = false;
-    bool had_users_ = false;
-    bool accepts_paused_ = false;
-    bool accept_paused_logged_ = false;
+    bool listening_ = false, had_users_ = false;
+    bool accepts_paused_ = false, accept_paused_logged_ = false;
     Clock::time_point accept_resume_at_;
 };
 
-// Ctrl+C (and SIGTERM, and closing the console window) call server.stop(), then the program
-// goes on from run(). Opt-in and explicit, because a library must not take over process-wide
-// signal handling on its own. One server at a time; a later call points it at another server.
+// Ctrl+C (SIGTERM, closing the console window) calls server.stop(); the program goes on from
+// run(). Opt-in: a library must not take over signals on its own. One server at a time.
 inline void stop_on_ctrl_c(Server& server) {
     detail::ctrl_c_target.store(&server);
     detail::stop_grace_ms.store(server.options().stop_drain_time.count());
@@ -1984,8 +1861,7 @@ struct Message {
     bool from_server;  // a notice: someone joined or left, a name was refused, the server stops
 };
 
-// Standard input, line by line, without blocking the loop: Client::poll watches it together
-// with the socket. Works for a terminal, a pipe and a redirected file.
+// Standard input (a terminal, a pipe, a file), line by line: Client::poll watches it too.
 class StdinLines {
 public:
     StdinLines() = default;
@@ -2049,22 +1925,18 @@ class Client {
 public:
     explicit Client(ClientOptions options = {})
         : options_(std::move(options)), input_(options_.max_payload) {}
-    Client(const Client&) = delete;
-    Client& operator=(const Client&) = delete;
 
     // Called from poll() for every message and notice received.
     std::function<void(const Message&)> on_message;
 
-    // Connects within connect_timeout, then sends the username: its answer (a welcome, or a
-    // refusal and a close) arrives through poll(). Errors: the connection failed, or the name
-    // is longer than max_payload (std::errc::message_size).
+    // Connects within connect_timeout, then sends the username; the answer (a welcome, or a
+    // refusal and a close) arrives through poll(). A name over max_payload: message_size.
     std::error_code connect(const std::string& host, std::uint16_t port,
                             std::string_view username) {
         if (auto ec = connect(host, port)) return ec;
         return join(username);
     }
-    // Only connects: join() sends the username later (a program can ask for the name once it
-    // knows the server is there).
+    // Only connects: join() sends the username later (once the user knows the server is there).
     std::error_code connect(const std::string& host, std::uint16_t port) {
         if (open_) return std::make_error_code(std::errc::already_connected);
         std::error_code ec;
@@ -2085,8 +1957,7 @@ public:
     }
     std::error_code join(std::string_view username) { return send(username); }
 
-    // Queues one message and starts sending it. Errors: not connected, closing, or the text
-    // is longer than the server accepts (std::errc::message_size).
+    // Queues one message and starts sending it. Errors: not_connected (or closing), message_size.
     std::error_code send(std::string_view text) {
         if (!open_ || finishing_) return std::make_error_code(std::errc::not_connected);
         if (text.size() > options_.max_payload)
@@ -2096,9 +1967,8 @@ public:
         return {};
     }
 
-    // Waits up to `timeout` for the server (and for `input`, when given), sends what is queued
-    // and hands every message received to on_message. Returns false once the connection is
-    // closed; close_reason() then says why.
+    // Waits up to `timeout` for the server (and `input`), sends what is queued and hands every
+    // message to on_message. False once the connection is closed: close_reason() says why.
     bool poll(milliseconds timeout, StdinLines* input = nullptr) {
         if (!open_) return false;
         watch(input);
@@ -2113,22 +1983,18 @@ public:
             else if (input && ev.socket == input->handle()) input->read_some(false);
         }
         if (input && input_is_file_) input->read_some(true);
-        if (input && input_watched_ && input->ended_) {
+        if (input && input->ended_ && std::exchange(input_watched_, false))
             poller_.remove(input->handle());  // end of input stays "readable" forever
-            input_watched_ = false;
-        }
         if (open_) flush();
         return open_;
     }
 
-    // Graceful close, without blocking: once everything queued is sent, the connection's
-    // sending side is closed; the server then closes too and poll() returns false.
+    // Graceful close, not blocking: once all is sent our side closes; then the server's does.
     void finish() {
         finishing_ = true;
         if (open_) flush();
     }
-    // Graceful close that waits (up to close_timeout) until the server has received everything
-    // and closed. Returns true when it did.
+    // Graceful close that waits (up to close_timeout) for the server to close; true if it did.
     bool close() {
         finish();
         const auto deadline = Clock::now() + options_.close_timeout;
@@ -2164,23 +2030,24 @@ private:
             if (ec && detail::would_block(ec)) return;
             if (ec) return end(CloseReason::connection_lost, ec.message());
             if (n == 0) return server_closed();
-            input_.decode(buf, n, [&](std::string_view frame) {
-                if (!have_sender_) {
-                    sender_.assign(frame);
-                    have_sender_ = true;
-                    return true;
-                }
-                have_sender_ = false;
-                Message m{sender_, std::string(frame), sender_ == options_.server_name};
-                // The server's first message is its welcome, or a refusal before it closes.
-                if (received_++ == 0) refused_ = m.from_server && m.text.rfind("welcome, ", 0) != 0;
-                if (m.from_server) last_notice_ = m.text;
-                if (on_message) on_message(m);
-                return open_;
-            });
+            input_.decode(buf, n, [this](std::string_view frame) { return take_frame(frame); });
             if (!open_) return;
             if (input_.failed()) return end(CloseReason::protocol_error, input_.error());
         }
+    }
+    // One frame received; false stops decoding once on_message has closed the connection.
+    bool take_frame(std::string_view frame) {
+        have_sender_ = !have_sender_;  // frames alternate: the sender's name, then the text
+        if (have_sender_) {
+            sender_.assign(frame);
+            return true;
+        }
+        Message m{sender_, std::string(frame), sender_ == options_.server_name};
+        // The server's first message is its welcome, or a refusal before it closes.
+        if (received_++ == 0) refused_ = m.from_server && m.text.rfind("welcome, ", 0) != 0;
+        if (m.from_server) last_notice_ = m.text;
+        if (on_message) on_message(m);
+        return open_;
     }
     void server_closed() {
         if (refused_) return end(CloseReason::refused, last_notice_);
@@ -2190,15 +2057,11 @@ private:
     void flush() {
         if (auto ec = output_.write_to(socket_.get()))
             return end(CloseReason::connection_lost, ec.message());
-        if (output_.empty() && finishing_ && !eof_sent_) {
+        if (output_.empty() && finishing_ && !std::exchange(eof_sent_, true))
             detail::shutdown_send(socket_.get());
-            eof_sent_ = true;
-        }
         const bool want = !output_.empty();
-        if (want != write_interest_) {
-            write_interest_ = want;
+        if (std::exchange(write_interest_, want) != want)
             poller_.modify(socket_.get(), want_read | (want ? want_write : 0));
-        }
     }
     void end(CloseReason why, std::string detail) {
         if (!open_) return;

@@ -79,7 +79,8 @@ namespace {
 std::uint64_t now_ns() {
     timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);  // what std::chrono::steady_clock reads on Linux
-    return static_cast<std::uint64_t>(ts.tv_sec) * 1000000000ull + static_cast<std::uint64_t>(ts.tv_nsec);
+    return static_cast<std::uint64_t>(ts.tv_sec) * 1000000000ull +
+           static_cast<std::uint64_t>(ts.tv_nsec);
 }
 
 [[noreturn]] void die(const char* what) {
@@ -90,7 +91,10 @@ std::uint64_t now_ns() {
 const char hexdigits[] = "0123456789abcdef";
 
 void put_hex(char* out, std::uint64_t v, int digits) {
-    for (int i = digits - 1; i >= 0; --i) { out[i] = hexdigits[v & 15]; v >>= 4; }
+    for (int i = digits - 1; i >= 0; --i) {
+        out[i] = hexdigits[v & 15];
+        v >>= 4;
+    }
 }
 
 bool get_hex(const char* in, int digits, std::uint64_t& v) {
@@ -112,7 +116,8 @@ bool parse_frame_header(const char* h, std::uint64_t& len) {
     while (i < 10 && h[i] == ' ') ++i;
     const int first = i;
     len = 0;
-    while (i < 10 && h[i] >= '0' && h[i] <= '9') len = len * 10 + static_cast<unsigned>(h[i++] - '0');
+    while (i < 10 && h[i] >= '0' && h[i] <= '9')
+        len = len * 10 + static_cast<unsigned>(h[i++] - '0');
     if (i == first) return false;
     while (i < 10 && h[i] == ' ') ++i;
     return i == 10;
@@ -211,9 +216,13 @@ ProcSample sample_process(long pid) {
             unsigned long long ut = 0, st = 0;
             int field = 3;
             char* save = nullptr;
-            for (char* tok = strtok_r(p, " ", &save); tok; tok = strtok_r(nullptr, " ", &save), ++field) {
+            for (char* tok = strtok_r(p, " ", &save); tok;
+                 tok = strtok_r(nullptr, " ", &save), ++field) {
                 if (field == 14) ut = std::strtoull(tok, nullptr, 10);
-                if (field == 15) { st = std::strtoull(tok, nullptr, 10); break; }
+                if (field == 15) {
+                    st = std::strtoull(tok, nullptr, 10);
+                    break;
+                }
             }
             s.cpu_s = static_cast<double>(ut + st) / static_cast<double>(sysconf(_SC_CLK_TCK));
         }
@@ -270,7 +279,8 @@ void usage() {
         "  --raw-bytes B       bytes to move in --raw mode (2 GiB)\n"
         "  --raw-chunk B       bytes per write and per read in --raw mode (1 MiB)\n"
         "  --raw-streams K     connections in --raw mode, written round robin (1)\n"
-        "  --raw-broadcast K   broadcast floor: one --raw-chunk to each of K connections, sent in a\n"
+        "  --raw-broadcast K   broadcast floor: one --raw-chunk to each of K connections, sent in "
+        "a\n"
         "                      plain loop by a forked writer (--writer-cpu C pins it), read here\n"
         "  --proto P           chatsock | classic | redis (chatsock)\n"
         "  --server-pid PID    sample the server's RSS and CPU time from /proc\n"
@@ -284,7 +294,10 @@ Options parse_options(int argc, char** argv) {
     for (int i = 1; i < argc; ++i) {
         std::string a = argv[i];
         auto value = [&]() -> const char* {
-            if (i + 1 >= argc) { usage(); die(("missing value for " + a).c_str()); }
+            if (i + 1 >= argc) {
+                usage();
+                die(("missing value for " + a).c_str());
+            }
             return argv[++i];
         };
         auto number = [&]() -> double {
@@ -305,12 +318,16 @@ Options parse_options(int argc, char** argv) {
         else if (a == "--idle") o.idle = true;
         else if (a == "--raw") o.raw = true;
         else if (a == "--raw-bytes") o.raw_bytes = static_cast<std::uint64_t>(number());
-        else if (a == "--raw-broadcast") o.raw_broadcast = std::max<std::size_t>(1, static_cast<std::size_t>(number()));
+        else if (a == "--raw-broadcast")
+            o.raw_broadcast = std::max<std::size_t>(1, static_cast<std::size_t>(number()));
         else if (a == "--writer-cpu") o.writer_cpu = static_cast<int>(number());
-        else if (a == "--raw-streams") o.raw_streams = std::max<std::size_t>(1, static_cast<std::size_t>(number()));
-        else if (a == "--raw-chunk") o.raw_chunk = std::max<std::size_t>(1, static_cast<std::size_t>(number()));
+        else if (a == "--raw-streams")
+            o.raw_streams = std::max<std::size_t>(1, static_cast<std::size_t>(number()));
+        else if (a == "--raw-chunk")
+            o.raw_chunk = std::max<std::size_t>(1, static_cast<std::size_t>(number()));
         else if (a == "--server-pid") o.server_pid = static_cast<long>(number());
-        else if (a == "--connect-batch") o.connect_batch = std::max<std::size_t>(1, static_cast<std::size_t>(number()));
+        else if (a == "--connect-batch")
+            o.connect_batch = std::max<std::size_t>(1, static_cast<std::size_t>(number()));
         else if (a == "--label") o.label = value();
         else if (a == "--proto") {
             std::string p = value();
@@ -318,11 +335,18 @@ Options parse_options(int argc, char** argv) {
             else if (p == "classic") o.proto = Proto::classic;
             else if (p == "redis") o.proto = Proto::redis;
             else die(("unknown --proto " + p).c_str());
-        } else if (a == "-h" || a == "--help") { usage(); std::exit(0); }
-        else { usage(); die(("unknown option " + a).c_str()); }
+        } else if (a == "-h" || a == "--help") {
+            usage();
+            std::exit(0);
+        } else {
+            usage();
+            die(("unknown option " + a).c_str());
+        }
     }
     if (o.raw_broadcast) o.raw = true;
-    if (o.port < 1 || o.port > 65535) { if (!o.raw) die("--port must be 1..65535"); }
+    if (o.port < 1 || o.port > 65535) {
+        if (!o.raw) die("--port must be 1..65535");
+    }
     if (o.size < 32) die("--size must be at least 32 (the payload carries 32 bytes of header)");
     if (o.size > 60000) die("--size must be at most 60000 (chatsock's default limit is 64 KiB)");
     if (!o.raw && !o.idle && o.clients < 2) die("--clients must be at least 2");
@@ -339,7 +363,8 @@ std::string raise_nofile(rlim_t& soft_out) {
     if (rl.rlim_cur < rl.rlim_max) {
         rlimit want = rl;
         want.rlim_cur = rl.rlim_max;
-        if (setrlimit(RLIMIT_NOFILE, &want) != 0) note = std::string("setrlimit refused: ") + std::strerror(errno);
+        if (setrlimit(RLIMIT_NOFILE, &want) != 0)
+            note = std::string("setrlimit refused: ") + std::strerror(errno);
         getrlimit(RLIMIT_NOFILE, &rl);
     }
     soft_out = rl.rlim_cur;
@@ -349,9 +374,14 @@ std::string raise_nofile(rlim_t& soft_out) {
 std::string json_escape(const std::string& s) {
     std::string out;
     for (char ch : s) {
-        if (ch == '"' || ch == '\\') { out += '\\'; out += ch; }
-        else if (static_cast<unsigned char>(ch) < 0x20) { char b[8]; std::snprintf(b, sizeof b, "\\u%04x", ch); out += b; }
-        else out += ch;
+        if (ch == '"' || ch == '\\') {
+            out += '\\';
+            out += ch;
+        } else if (static_cast<unsigned char>(ch) < 0x20) {
+            char b[8];
+            std::snprintf(b, sizeof b, "\\u%04x", ch);
+            out += b;
+        } else out += ch;
     }
     return out;
 }
@@ -359,16 +389,28 @@ std::string json_escape(const std::string& s) {
 // A JSON object built field by field.
 class Json {
 public:
-    void str(const char* k, const std::string& v) { key(k); out_ += '"' + json_escape(v) + '"'; }
+    void str(const char* k, const std::string& v) {
+        key(k);
+        out_ += '"' + json_escape(v) + '"';
+    }
     void num(const char* k, double v, int decimals = 3) {
         key(k);
         char b[64];
         std::snprintf(b, sizeof b, "%.*f", decimals, v);
         out_ += b;
     }
-    void integer(const char* k, long long v) { key(k); out_ += std::to_string(v); }
-    void boolean(const char* k, bool v) { key(k); out_ += v ? "true" : "false"; }
-    void null(const char* k) { key(k); out_ += "null"; }
+    void integer(const char* k, long long v) {
+        key(k);
+        out_ += std::to_string(v);
+    }
+    void boolean(const char* k, bool v) {
+        key(k);
+        out_ += v ? "true" : "false";
+    }
+    void null(const char* k) {
+        key(k);
+        out_ += "null";
+    }
     std::string done() const { return "{" + out_ + "}"; }
 
 private:
@@ -396,13 +438,15 @@ int run_raw(const Options& o) {
     a.sin_port = 0;
     socklen_t alen = sizeof a;
     const std::size_t k = o.raw_streams;
-    if (ls < 0 || bind(ls, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0 || listen(ls, static_cast<int>(k)) != 0 ||
+    if (ls < 0 || bind(ls, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0 ||
+        listen(ls, static_cast<int>(k)) != 0 ||
         getsockname(ls, reinterpret_cast<sockaddr*>(&a), &alen) != 0)
         die("raw: cannot listen on loopback");
     std::vector<int> tx(k), rx(k);
     for (std::size_t i = 0; i < k; ++i) {
         tx[i] = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-        if (connect(tx[i], reinterpret_cast<sockaddr*>(&a), sizeof a) != 0) die("raw: cannot connect");
+        if (connect(tx[i], reinterpret_cast<sockaddr*>(&a), sizeof a) != 0)
+            die("raw: cannot connect");
         rx[i] = accept4(ls, nullptr, nullptr, SOCK_CLOEXEC | SOCK_NONBLOCK);
         if (rx[i] < 0) die("raw: accept failed");
     }
@@ -419,7 +463,9 @@ int run_raw(const Options& o) {
         std::vector<std::uint64_t> sent(k, 0);
         if (k == 1) {  // blocking writes: the plainest possible sender
             while (sent[0] < per_stream) {
-                ssize_t w = write(tx[0], out.data(), static_cast<std::size_t>(std::min<std::uint64_t>(chunk, per_stream - sent[0])));
+                ssize_t w = write(
+                    tx[0], out.data(),
+                    static_cast<std::size_t>(std::min<std::uint64_t>(chunk, per_stream - sent[0])));
                 if (w < 0 && errno == EINTR) continue;
                 if (w <= 0) _exit(1);
                 sent[0] += static_cast<std::uint64_t>(w);
@@ -441,13 +487,18 @@ int run_raw(const Options& o) {
             for (int e = 0; e < n; ++e) {
                 const std::size_t i = evs[e].data.u64;
                 while (sent[i] < per_stream) {
-                    ssize_t w = write(tx[i], out.data(), static_cast<std::size_t>(std::min<std::uint64_t>(chunk, per_stream - sent[i])));
+                    ssize_t w = write(tx[i], out.data(),
+                                      static_cast<std::size_t>(
+                                          std::min<std::uint64_t>(chunk, per_stream - sent[i])));
                     if (w < 0 && errno == EINTR) continue;
                     if (w < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) break;
                     if (w <= 0) _exit(1);
                     sent[i] += static_cast<std::uint64_t>(w);
                 }
-                if (sent[i] == per_stream) { epoll_ctl(ep, EPOLL_CTL_DEL, tx[i], nullptr); ++done; }
+                if (sent[i] == per_stream) {
+                    epoll_ctl(ep, EPOLL_CTL_DEL, tx[i], nullptr);
+                    ++done;
+                }
             }
         }
         _exit(0);
@@ -460,12 +511,16 @@ int run_raw(const Options& o) {
         ev.data.u64 = i;
         epoll_ctl(ep, EPOLL_CTL_ADD, rx[i], &ev);
     }
-    std::vector<char> in(std::max<std::size_t>(chunk, 1u << 20));  // large reads, as the chat bench does
+    std::vector<char> in(
+        std::max<std::size_t>(chunk, 1u << 20));  // large reads, as the chat bench does
     std::uint64_t received = 0;
     bool timed_out = false, broken = false;
     const double cpu0 = self_cpu_s();
     while (received < total && !broken) {
-        if (now_ns() > deadline) { timed_out = true; break; }
+        if (now_ns() > deadline) {
+            timed_out = true;
+            break;
+        }
         epoll_event evs[256];
         int n = epoll_wait(ep, evs, 256, 100);
         for (int e = 0; e < n; ++e) {
@@ -474,7 +529,10 @@ int run_raw(const Options& o) {
                 ssize_t r = read(fd, in.data(), in.size());
                 if (r < 0 && errno == EINTR) continue;
                 if (r < 0) break;  // EAGAIN: drained
-                if (r == 0) { epoll_ctl(ep, EPOLL_CTL_DEL, fd, nullptr); break; }
+                if (r == 0) {
+                    epoll_ctl(ep, EPOLL_CTL_DEL, fd, nullptr);
+                    break;
+                }
                 received += static_cast<std::uint64_t>(r);
                 if (static_cast<std::size_t>(r) < in.size()) break;
             }
@@ -518,8 +576,9 @@ int run_raw_broadcast(const Options& o) {
     a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
     socklen_t alen = sizeof a;
     int go[2];
-    if (ls < 0 || bind(ls, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0 || listen(ls, 4096) != 0 ||
-        getsockname(ls, reinterpret_cast<sockaddr*>(&a), &alen) != 0 || pipe(go) != 0)
+    if (ls < 0 || bind(ls, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0 ||
+        listen(ls, 4096) != 0 || getsockname(ls, reinterpret_cast<sockaddr*>(&a), &alen) != 0 ||
+        pipe(go) != 0)
         die("raw-broadcast: cannot listen on loopback");
     pid_t child = fork();
     if (child < 0) die("raw-broadcast: fork failed");
@@ -553,7 +612,8 @@ int run_raw_broadcast(const Options& o) {
     std::vector<int> rx;
     for (std::size_t i = 0; i < k; ++i) {
         const int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-        if (fd < 0 || connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0) die("raw-broadcast: cannot connect");
+        if (fd < 0 || connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0)
+            die("raw-broadcast: cannot connect");
         fcntl(fd, F_SETFL, O_NONBLOCK);
         epoll_event ev{};
         ev.events = EPOLLIN;
@@ -569,7 +629,10 @@ int run_raw_broadcast(const Options& o) {
     bool timed_out = false;
     if (write(go[1], "g", 1) != 1) die("raw-broadcast: the writer is gone");
     while (received < total) {
-        if (now_ns() > deadline) { timed_out = true; break; }
+        if (now_ns() > deadline) {
+            timed_out = true;
+            break;
+        }
         epoll_event evs[512];
         const int n = epoll_wait(ep, evs, 512, 100);
         for (int e = 0; e < n; ++e) {
@@ -583,7 +646,8 @@ int run_raw_broadcast(const Options& o) {
     int status = 0;
     waitpid(child, &status, 0);
     for (int fd : rx) close(fd);
-    const bool ok = !timed_out && received == total && WIFEXITED(status) && WEXITSTATUS(status) == 0;
+    const bool ok =
+        !timed_out && received == total && WIFEXITED(status) && WEXITSTATUS(status) == 0;
     Json j;
     j.str("mode", "raw_broadcast");
     if (!o.label.empty()) j.str("label", o.label);
@@ -604,16 +668,16 @@ struct Client {
     int fd = -1;
     std::uint32_t index = 0;
     State state = State::unstarted;
-    std::string in;        // bytes of an unfinished frame
-    std::string out;       // bytes to send
+    std::string in;   // bytes of an unfinished frame
+    std::string out;  // bytes to send
     std::size_t out_off = 0;
     std::uint32_t events = 0;  // the epoll interest now registered
     bool dirty = false;        // in the list of senders to refill
     // chat framing: frames come in pairs (sender, text)
     bool have_sender = false;
-    int sender_kind = 0;       // 0 ours, 1 server notice, 2 unknown
+    int sender_kind = 0;  // 0 ours, 1 server notice, 2 unknown
     std::uint32_t sender = 0;
-    std::uint64_t sent = 0;    // messages this client has sent
+    std::uint64_t sent = 0;  // messages this client has sent
     // redis
     bool hello_done = false;
     std::size_t subs = 0, subs_expected = 0;
@@ -700,7 +764,8 @@ void Bench::resolve() {
     hints.ai_socktype = SOCK_STREAM;
     addrinfo* list = nullptr;
     std::string port = std::to_string(o_.port);
-    if (getaddrinfo(o_.host.c_str(), port.c_str(), &hints, &list) != 0 || !list) die("cannot resolve --host");
+    if (getaddrinfo(o_.host.c_str(), port.c_str(), &hints, &list) != 0 || !list)
+        die("cannot resolve --host");
     std::memcpy(&addr_, list->ai_addr, list->ai_addrlen);
     addr_len_ = list->ai_addrlen;
     freeaddrinfo(list);
@@ -718,7 +783,8 @@ void Bench::set_interest(Client& c, std::uint32_t events) {
 void Bench::start_connect(Client& c) {
     c.fd = socket(addr_.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     if (c.fd < 0) {
-        if (connect_errors_++ < 3) std::fprintf(stderr, "chatsock_bench: socket: %s\n", std::strerror(errno));
+        if (connect_errors_++ < 3)
+            std::fprintf(stderr, "chatsock_bench: socket: %s\n", std::strerror(errno));
         c.state = State::failed;
         ++failed_;
         return;
@@ -727,7 +793,8 @@ void Bench::start_connect(Client& c) {
     setsockopt(c.fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
     int rc = connect(c.fd, reinterpret_cast<sockaddr*>(&addr_), addr_len_);
     if (rc != 0 && errno != EINPROGRESS) {
-        if (connect_errors_++ < 3) std::fprintf(stderr, "chatsock_bench: connect: %s\n", std::strerror(errno));
+        if (connect_errors_++ < 3)
+            std::fprintf(stderr, "chatsock_bench: connect: %s\n", std::strerror(errno));
         close(c.fd);
         c.fd = -1;
         c.state = State::failed;
@@ -768,7 +835,8 @@ void Bench::fail_client(Client& c, const char* why, bool during_run) {
     if (c.state == State::connecting || c.state == State::naming) --pending_;
     if (c.state == State::joined) --joined_;
     if (during_run) ++disconnected_;
-    if (notes_printed_++ < 10) std::fprintf(stderr, "chatsock_bench: client %u: %s\n", c.index, why);
+    if (notes_printed_++ < 10)
+        std::fprintf(stderr, "chatsock_bench: client %u: %s\n", c.index, why);
     c.state = State::failed;
     ++failed_;
     if (c.fd >= 0) close(c.fd);
@@ -785,7 +853,10 @@ void Bench::mark_joined(Client& c) {
 
 void Bench::mark_dirty(std::uint32_t s) {
     Client& c = clients_[s];
-    if (!c.dirty) { c.dirty = true; dirty_.push_back(s); }
+    if (!c.dirty) {
+        c.dirty = true;
+        dirty_.push_back(s);
+    }
 }
 
 // One message: the chat frame, or a Redis PUBLISH to the sender's own channel.
@@ -820,7 +891,10 @@ void Bench::flush(Client& c) {
     if (c.fd < 0) return;
     while (c.out_off < c.out.size()) {
         ssize_t w = send(c.fd, c.out.data() + c.out_off, c.out.size() - c.out_off, MSG_NOSIGNAL);
-        if (w > 0) { c.out_off += static_cast<std::size_t>(w); continue; }
+        if (w > 0) {
+            c.out_off += static_cast<std::size_t>(w);
+            continue;
+        }
         if (w < 0 && errno == EINTR) continue;
         if (w < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == ENOTCONN)) break;
         return fail_client(c, (std::string("send: ") + std::strerror(errno)).c_str(), measuring_);
@@ -849,7 +923,8 @@ void Bench::refill_senders() {
         Client& c = clients_[s];
         c.dirty = false;
         if (c.state != State::joined) continue;
-        if (c.out.size() - c.out_off > (256u << 10)) continue;  // the socket is behind; EPOLLOUT resumes
+        if (c.out.size() - c.out_off > (256u << 10))
+            continue;  // the socket is behind; EPOLLOUT resumes
         int batch = 0;
         while (can_send(s) && batch < 256) {
             append_message(c, c.sent++, t);
@@ -932,7 +1007,10 @@ std::size_t Bench::parse_chat(Client& c, const char* p, std::size_t n) {
                 std::uint64_t idx = 0;
                 bool ok = true;
                 for (std::size_t i = tag_.size() + 1; i < name.size(); ++i) {
-                    if (name[i] < '0' || name[i] > '9') { ok = false; break; }
+                    if (name[i] < '0' || name[i] > '9') {
+                        ok = false;
+                        break;
+                    }
                     idx = idx * 10 + static_cast<unsigned>(name[i] - '0');
                 }
                 c.sender_kind = ok && idx < n_ ? 0 : 2;
@@ -948,7 +1026,8 @@ std::size_t Bench::parse_chat(Client& c, const char* p, std::size_t n) {
             handle_notice(c, std::string_view(f, flen));
         } else if (c.sender_kind == 2) {
             ++stray_;
-            if (notes_printed_++ < 10) std::fprintf(stderr, "chatsock_bench: frame from an unknown sender\n");
+            if (notes_printed_++ < 10)
+                std::fprintf(stderr, "chatsock_bench: frame from an unknown sender\n");
         } else if (flen == 4 && std::memcmp(f, "sync", 4) == 0 && c.sender == 0) {
             if (o_.proto == Proto::classic && c.state == State::naming) mark_joined(c);
         } else {
@@ -960,7 +1039,9 @@ std::size_t Bench::parse_chat(Client& c, const char* p, std::size_t n) {
 }
 
 void Bench::handle_notice(Client& c, std::string_view text) {
-    auto ends_with = [&](std::string_view s) { return text.size() >= s.size() && text.substr(text.size() - s.size()) == s; };
+    auto ends_with = [&](std::string_view s) {
+        return text.size() >= s.size() && text.substr(text.size() - s.size()) == s;
+    };
     if (text.rfind("welcome, ", 0) == 0 && c.state == State::naming) {
         // "welcome, NAME! K other users online": K others get "NAME joined", unless the room is
         // too big for the server to announce joins ("...; joins and leaves are not announced...").
@@ -988,20 +1069,27 @@ void Bench::handle_notice(Client& c, std::string_view text) {
 void Bench::handle_payload(Client& c, std::uint32_t sender, const char* p, std::size_t len) {
     if (len != o_.size) return corrupt("payload of the wrong size");
     std::uint64_t s = 0, seq = 0, t = 0;
-    if (!get_hex(p, 8, s) || !get_hex(p + 8, 8, seq) || !get_hex(p + 16, 16, t)) return corrupt("payload fields are not hex");
+    if (!get_hex(p, 8, s) || !get_hex(p + 8, 8, seq) || !get_hex(p + 16, 16, t))
+        return corrupt("payload fields are not hex");
     if (s != sender) return corrupt("payload's sender does not match the frame's sender");
-    if (std::memcmp(p + 32, pad_.data() + seq % 26, len - 32) != 0) return corrupt("payload padding damaged");
+    if (std::memcmp(p + 32, pad_.data() + seq % 26, len - 32) != 0)
+        return corrupt("payload padding damaged");
     if (sender == c.index) return corrupt("a client received its own message");
     ++received_;
     if (read_time_ > t) latency_.add(read_time_ - t);
     // Bytes that came after epoll_wait returned (read in the same recv) count from the read.
     const std::uint64_t ready = ready_time_ > t ? ready_time_ : read_time_;
     if (ready > t) ready_latency_.add(ready - t);
-    if (o_.idle) { ++broadcast_received_; return; }
+    if (o_.idle) {
+        ++broadcast_received_;
+        return;
+    }
     std::uint32_t& want = expect_[static_cast<std::size_t>(c.index) * n_ + sender];
     if (seq != want) {
         if (order_violations_++ < 5)
-            std::fprintf(stderr, "chatsock_bench: order: receiver %u got seq %" PRIu64 " from %u, expected %u\n",
+            std::fprintf(stderr,
+                         "chatsock_bench: order: receiver %u got seq %" PRIu64
+                         " from %u, expected %u\n",
                          c.index, seq, sender, want);
         want = static_cast<std::uint32_t>(seq + 1);
         return;
@@ -1052,7 +1140,10 @@ std::size_t resp_value(const char* p, std::size_t pos, std::size_t n, int depth,
     auto parse_num = [&]() {
         bool neg = false;
         std::size_t i = 0;
-        if (!line.empty() && line[0] == '-') { neg = true; i = 1; }
+        if (!line.empty() && line[0] == '-') {
+            neg = true;
+            i = 1;
+        }
         for (; i < line.size(); ++i) {
             if (line[i] < '0' || line[i] > '9') return false;
             num = num * 10 + (line[i] - '0');
@@ -1060,24 +1151,44 @@ std::size_t resp_value(const char* p, std::size_t pos, std::size_t n, int depth,
         if (neg) num = -num;
         return true;
     };
-    if (top) { top->type = type; top->nparts = 0; }
+    if (top) {
+        top->type = type;
+        top->nparts = 0;
+    }
     switch (type) {
-    case '+': case '-': case ',': case '(': case '#': case '_':
-        if (top) { top->parts[0] = line; top->nparts = 1; }
+    case '+':
+    case '-':
+    case ',':
+    case '(':
+    case '#':
+    case '_':
+        if (top) {
+            top->parts[0] = line;
+            top->nparts = 1;
+        }
         return after;
     case ':':
         if (!parse_num()) return resp_bad;
         if (top) top->integer = num;
         return after;
-    case '$': case '=': case '!': {
+    case '$':
+    case '=':
+    case '!': {
         if (!parse_num()) return resp_bad;
         if (num < 0) return after;  // null
         const std::size_t end = after + static_cast<std::size_t>(num);
         if (end + 2 > n) return 0;
-        if (top) { top->parts[0] = std::string_view(p + after, static_cast<std::size_t>(num)); top->nparts = 1; }
+        if (top) {
+            top->parts[0] = std::string_view(p + after, static_cast<std::size_t>(num));
+            top->nparts = 1;
+        }
         return end + 2;
     }
-    case '*': case '>': case '~': case '%': case '|': {
+    case '*':
+    case '>':
+    case '~':
+    case '%':
+    case '|': {
         if (!parse_num()) return resp_bad;
         if (num < 0) return after;
         long long count = type == '%' || type == '|' ? num * 2 : num;
@@ -1088,15 +1199,15 @@ std::size_t resp_value(const char* p, std::size_t pos, std::size_t n, int depth,
             std::size_t next = resp_value(p, at, n, depth + 1, &child);
             if (next == 0 || next == resp_bad) return next;
             if (top && top->nparts < 4) {
-                if (child_type == ':') top->parts[top->nparts++] = std::string_view(p + at + 1, next - at - 3);
+                if (child_type == ':')
+                    top->parts[top->nparts++] = std::string_view(p + at + 1, next - at - 3);
                 else top->parts[top->nparts++] = child.nparts ? child.parts[0] : std::string_view();
             }
             at = next;
         }
         return at;
     }
-    default:
-        return resp_bad;
+    default: return resp_bad;
     }
 }
 
@@ -1130,15 +1241,18 @@ std::size_t Bench::parse_redis(Client& c, const char* p, std::size_t n) {
             }
         } else if (v.type == '>' && v.nparts >= 1 && v.parts[0] == "subscribe") {
             ++c.subs;
-            if (c.hello_done && c.subs == c.subs_expected && c.state == State::naming) mark_joined(c);
+            if (c.hello_done && c.subs == c.subs_expected && c.state == State::naming)
+                mark_joined(c);
         } else if (v.type == ':') {
             // a PUBLISH reply: how many subscribers got it
-            const long long want = o_.idle ? static_cast<long long>(joined_) - 1 : static_cast<long long>(n_) - 1;
+            const long long want =
+                o_.idle ? static_cast<long long>(joined_) - 1 : static_cast<long long>(n_) - 1;
             if (v.integer != want) ++publish_mismatch_;
         } else if (v.type == '-' || v.type == '!') {
             ++protocol_errors_;
             if (notes_printed_++ < 10)
-                std::fprintf(stderr, "chatsock_bench: redis error: %.*s\n", static_cast<int>(v.parts[0].size()), v.parts[0].data());
+                std::fprintf(stderr, "chatsock_bench: redis error: %.*s\n",
+                             static_cast<int>(v.parts[0].size()), v.parts[0].data());
         } else if (!c.hello_done && (v.type == '%' || v.type == '*')) {
             c.hello_done = true;
             if (c.subs == c.subs_expected && c.state == State::naming) mark_joined(c);
@@ -1169,15 +1283,19 @@ int Bench::run() {
     rlim_t nofile = 0;
     const std::string nofile_note = raise_nofile(nofile);
     if (nofile < n_ + 16) {
-        std::fprintf(stderr, "chatsock_bench: %zu clients need more descriptors than the limit of %llu%s%s\n", n_,
-                     static_cast<unsigned long long>(nofile), nofile_note.empty() ? "" : ": ", nofile_note.c_str());
+        std::fprintf(
+            stderr,
+            "chatsock_bench: %zu clients need more descriptors than the limit of %llu%s%s\n", n_,
+            static_cast<unsigned long long>(nofile), nofile_note.empty() ? "" : ": ",
+            nofile_note.c_str());
         return 2;
     }
     signal(SIGPIPE, SIG_IGN);
     resolve();
     {
         char t[16];
-        std::snprintf(t, sizeof t, "%04x", static_cast<unsigned>((getpid() ^ (now_ns() >> 10)) & 0xffff));
+        std::snprintf(t, sizeof t, "%04x",
+                      static_cast<unsigned>((getpid() ^ (now_ns() >> 10)) & 0xffff));
         tag_ = t;  // keeps this run's names apart from an earlier run's still leaving
     }
     pad_.resize(o_.size + 26);
@@ -1191,7 +1309,9 @@ int Bench::run() {
     const std::size_t wire = 20 + name_bytes + o_.size;
     if (o_.window) window_ = o_.window;
     else if (o_.rate > 0) window_ = 1024;
-    else window_ = std::max<std::size_t>(1, std::min<std::size_t>(1024, (512u << 10) / ((n_ - 1) * wire)));
+    else
+        window_ =
+            std::max<std::size_t>(1, std::min<std::size_t>(1024, (512u << 10) / ((n_ - 1) * wire)));
     receivers_per_message_ = static_cast<std::uint32_t>(n_ - 1);
     if (!o_.idle) {
         expect_.assign(n_ * n_, 0);
@@ -1208,7 +1328,8 @@ int Bench::run() {
     // 1. Connect everyone (a bounded number being set up at a time), each waits for its welcome.
     std::uint64_t last_sync = 0;
     while (joined_ + failed_ < n_) {
-        while (pending_ < o_.connect_batch && next_connect_ < n_) start_connect(clients_[next_connect_++]);
+        while (pending_ < o_.connect_batch && next_connect_ < n_)
+            start_connect(clients_[next_connect_++]);
         if (o_.proto == Proto::classic) {
             // classic: nobody is told they are in. Client 0 is in once its name is sent; its
             // "sync" reaching another client proves that one is in too.
@@ -1220,7 +1341,10 @@ int Bench::run() {
                 last_sync = now_ns();
             }
         }
-        if (deadline_passed()) { timed_out = true; break; }
+        if (deadline_passed()) {
+            timed_out = true;
+            break;
+        }
         pump(o_.proto == Proto::classic ? 5 : 50);
     }
     const std::uint64_t t_joined = now_ns();
@@ -1252,7 +1376,9 @@ int Bench::run() {
             } else {
                 expected = 0;
             }
-            while (broadcast_received_ < expected && disconnected_ == disconnected_before && !deadline_passed()) pump(50);
+            while (broadcast_received_ < expected && disconnected_ == disconnected_before &&
+                   !deadline_passed())
+                pump(50);
             broadcast_done = now_ns();
         } else {
             expected = static_cast<std::uint64_t>(n_) * o_.messages * (n_ - 1);
@@ -1268,11 +1394,14 @@ int Bench::run() {
             std::uint64_t k = 0;  // rate mode: the next message overall
             const std::uint64_t total = static_cast<std::uint64_t>(n_) * o_.messages;
             const double interval = o_.rate > 0 ? 1e9 / o_.rate : 0;
-            while (received_ + corrupt_ < expected && disconnected_ == disconnected_before && !deadline_passed()) {
+            while (received_ + corrupt_ < expected && disconnected_ == disconnected_before &&
+                   !deadline_passed()) {
                 if (o_.rate > 0) {
                     const std::uint64_t now = now_ns();
                     std::vector<std::uint32_t> touched;
-                    while (k < total && t0 + static_cast<std::uint64_t>(static_cast<double>(k) * interval) <= now) {
+                    while (k < total &&
+                           t0 + static_cast<std::uint64_t>(static_cast<double>(k) * interval) <=
+                               now) {
                         const std::uint32_t s = static_cast<std::uint32_t>(k % n_);
                         if (!can_send(s)) break;  // the window is full: the rate lags
                         Client& c = clients_[s];
@@ -1282,7 +1411,8 @@ int Bench::run() {
                     }
                     for (std::uint32_t s : touched) flush(clients_[s]);
                     if (k < total) {
-                        const std::uint64_t due = t0 + static_cast<std::uint64_t>(static_cast<double>(k) * interval);
+                        const std::uint64_t due =
+                            t0 + static_cast<std::uint64_t>(static_cast<double>(k) * interval);
                         itimerspec its{};
                         its.it_value.tv_sec = static_cast<time_t>(due / 1000000000ull);
                         its.it_value.tv_nsec = static_cast<long>(due % 1000000000ull);
@@ -1301,12 +1431,14 @@ int Bench::run() {
 
     // 4. Report.
     const double elapsed = static_cast<double>(t_end - t0) / 1e9;
-    const bool ok = !timed_out && all_joined && refused_ == 0 && received_ == expected && expected > 0 &&
-                    corrupt_ == 0 && order_violations_ == 0 && disconnected_ == 0 && stray_ == 0 &&
-                    protocol_errors_ == 0;
+    const bool ok = !timed_out && all_joined && refused_ == 0 && received_ == expected &&
+                    expected > 0 && corrupt_ == 0 && order_violations_ == 0 && disconnected_ == 0 &&
+                    stray_ == 0 && protocol_errors_ == 0;
     Json j;
     j.str("mode", o_.idle ? "idle" : o_.rate > 0 ? "latency" : "throughput");
-    j.str("proto", o_.proto == Proto::chatsock ? "chatsock" : o_.proto == Proto::classic ? "classic" : "redis");
+    j.str("proto", o_.proto == Proto::chatsock  ? "chatsock"
+                   : o_.proto == Proto::classic ? "classic"
+                                                : "redis");
     if (!o_.label.empty()) j.str("label", o_.label);
     j.integer("clients", static_cast<long long>(n_));
     j.integer("messages", static_cast<long long>(o_.messages));
@@ -1335,8 +1467,14 @@ int Bench::run() {
     }
     j.num("elapsed_s", elapsed, 4);
     j.num("deliveries_per_s", elapsed > 0 ? static_cast<double>(received_) / elapsed : 0, 0);
-    j.num("payload_MBps", elapsed > 0 ? static_cast<double>(received_) * static_cast<double>(o_.size) / 1e6 / elapsed : 0, 2);
-    if (o_.idle) j.num("broadcast_ms", broadcast_done ? static_cast<double>(broadcast_done - t0) / 1e6 : -1, 3);
+    j.num("payload_MBps",
+          elapsed > 0
+              ? static_cast<double>(received_) * static_cast<double>(o_.size) / 1e6 / elapsed
+              : 0,
+          2);
+    if (o_.idle)
+        j.num("broadcast_ms", broadcast_done ? static_cast<double>(broadcast_done - t0) / 1e6 : -1,
+              3);
     j.num("lat_p50_us", static_cast<double>(latency_.percentile(0.50)) / 1e3, 1);
     j.num("lat_p99_us", static_cast<double>(latency_.percentile(0.99)) / 1e3, 1);
     j.num("lat_max_us", static_cast<double>(latency_.max()) / 1e3, 1);
@@ -1350,7 +1488,10 @@ int Bench::run() {
         j.integer("server_rss_end_kb", server_end.rss_kb);
         j.integer("server_hwm_kb", server_end.hwm_kb);
         if (server_start.rss_kb >= 0 && server_loaded.rss_kb >= 0 && joined_ > 0)
-            j.num("server_rss_per_client_kb", static_cast<double>(server_loaded.rss_kb - server_start.rss_kb) / static_cast<double>(joined_), 2);
+            j.num("server_rss_per_client_kb",
+                  static_cast<double>(server_loaded.rss_kb - server_start.rss_kb) /
+                      static_cast<double>(joined_),
+                  2);
         j.num("server_cpu_s", server_end.cpu_s - server_loaded.cpu_s, 3);
         j.num("server_cpu_connect_s", server_loaded.cpu_s - server_start.cpu_s, 3);
     }

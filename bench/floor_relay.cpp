@@ -42,7 +42,10 @@ bool send_all(int fd, const std::string& bytes) {
     std::size_t done = 0;
     while (done < bytes.size()) {
         const ssize_t n = send(fd, bytes.data() + done, bytes.size() - done, MSG_NOSIGNAL);
-        if (n > 0) { done += static_cast<std::size_t>(n); continue; }
+        if (n > 0) {
+            done += static_cast<std::size_t>(n);
+            continue;
+        }
         if (n < 0 && errno == EINTR) continue;
         if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
             pollfd p{fd, POLLOUT, 0};
@@ -66,8 +69,9 @@ int main(int argc, char** argv) {
     a.sin_family = AF_INET;
     a.sin_port = htons(static_cast<std::uint16_t>(port));
     socklen_t alen = sizeof a;
-    if (inet_pton(AF_INET, host, &a.sin_addr) != 1 || bind(ls, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0 ||
-        listen(ls, 4096) != 0 || getsockname(ls, reinterpret_cast<sockaddr*>(&a), &alen) != 0) {
+    if (inet_pton(AF_INET, host, &a.sin_addr) != 1 ||
+        bind(ls, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0 || listen(ls, 4096) != 0 ||
+        getsockname(ls, reinterpret_cast<sockaddr*>(&a), &alen) != 0) {
         std::perror("floor_relay: cannot listen");
         return 1;
     }
@@ -89,7 +93,8 @@ int main(int argc, char** argv) {
         for (int e = 0; e < n; ++e) {
             const int fd = evs[e].data.fd;
             if (fd == ls) {
-                for (int c; (c = accept4(ls, nullptr, nullptr, SOCK_CLOEXEC | SOCK_NONBLOCK)) >= 0;) {
+                for (int c;
+                     (c = accept4(ls, nullptr, nullptr, SOCK_CLOEXEC | SOCK_NONBLOCK)) >= 0;) {
                     setsockopt(c, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
                     epoll_event cev{};
                     cev.events = EPOLLIN;

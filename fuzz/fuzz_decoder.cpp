@@ -62,7 +62,10 @@ void put_utf8(std::string& out, unsigned cp) {
 bool unescape(std::string_view s, std::string& out) {
     out.clear();
     for (std::size_t i = 0; i < s.size(); ++i) {
-        if (s[i] != '\\') { out += s[i]; continue; }
+        if (s[i] != '\\') {
+            out += s[i];
+            continue;
+        }
         if (++i == s.size()) return false;
         const char kind = s[i];
         if (kind == '\\') out += '\\';
@@ -182,10 +185,12 @@ void check_framing(std::string_view stream, std::size_t max_payload, std::uint8_
         const std::string frame = chatsock::encode_frame(f);
         FUZZ_CHECK(frame.size() == chatsock::header_size + f.size());
         unsigned long long length = 0;
-        FUZZ_CHECK(chatsock::parse_header(std::string_view(frame).substr(0, chatsock::header_size), length));
+        FUZZ_CHECK(chatsock::parse_header(std::string_view(frame).substr(0, chatsock::header_size),
+                                          length));
         FUZZ_CHECK(length == f.size());
         FUZZ_CHECK(stream.substr(pos + chatsock::header_size, f.size()) == f);
-        if (stream.substr(pos, chatsock::header_size) != std::string_view(frame).substr(0, chatsock::header_size))
+        if (stream.substr(pos, chatsock::header_size) !=
+            std::string_view(frame).substr(0, chatsock::header_size))
             canonical = false;
         reencoded += frame;
         pos += frame.size();
@@ -196,7 +201,8 @@ void check_framing(std::string_view stream, std::size_t max_payload, std::uint8_
     if (!want.frames.empty()) {
         const std::size_t biggest = reencoded.size();  // ample: every frame fits
         const Decoded again = run_decode(reencoded, biggest, 0, nullptr);
-        FUZZ_CHECK(!again.failed && again.frames == want.frames && again.consumed == reencoded.size());
+        FUZZ_CHECK(!again.failed && again.frames == want.frames &&
+                   again.consumed == reencoded.size());
     }
 }
 

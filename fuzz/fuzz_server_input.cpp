@@ -41,7 +41,7 @@ constexpr const char* kServerName = "server";
 constexpr const char* kObserver = "observer";
 // Every input is over in a few milliseconds; these bounds only turn a hang into a report.
 // The time limit is what counts; the turn limit guards against a clock that does not move.
-constexpr long kPumpLimit = 50'000'000;                     // loop turns per wait, at most
+constexpr long kPumpLimit = 50'000'000;                       // loop turns per wait, at most
 constexpr auto kTimeLimit = std::chrono::milliseconds(3000);  // wall time per wait, at most
 
 struct Heard {
@@ -69,7 +69,9 @@ public:
     World() : server_(options()) {
         if (server_.listen()) fail("listen failed");
         port_ = server_.port();
-        observer_.on_message = [this](const chatsock::Message& m) { heard_.push_back({m.from, m.text}); };
+        observer_.on_message = [this](const chatsock::Message& m) {
+            heard_.push_back({m.from, m.text});
+        };
         if (observer_.connect("127.0.0.1", port_, kObserver)) fail("observer cannot connect");
         expect_heard({{kServerName, "welcome, observer! 0 other users online"}});
         baseline_connections_ = server_.connection_count();
@@ -79,7 +81,8 @@ public:
     void run(const std::uint8_t* data, std::size_t size) {
         const int fds_before = open_descriptors();
         const std::uint8_t chunking = size ? data[0] : 0;
-        const std::string_view bytes(reinterpret_cast<const char*>(data) + (size ? 1 : 0), size ? size - 1 : 0);
+        const std::string_view bytes(reinterpret_cast<const char*>(data) + (size ? 1 : 0),
+                                     size ? size - 1 : 0);
         std::vector<Heard> to_client, to_observer;
         model(bytes, to_client, to_observer);
 
@@ -93,9 +96,12 @@ public:
         for (std::size_t pos = 0; pos < bytes.size();) {
             std::size_t n = bytes.size() - pos;
             if (chunking >= 64 && chunking < 128) n = 1;
-            else if (chunking >= 128 && chunking < 192) n = std::min<std::size_t>(n, (chunking & 63u) + 1);
-            else if (chunking >= 192) n = std::min<std::size_t>(n, 1 + rng.next() % ((chunking & 63u) + 1));
-            if (!send_all(raw, bytes.substr(pos, n))) break;  // the server closed: it stopped reading
+            else if (chunking >= 128 && chunking < 192)
+                n = std::min<std::size_t>(n, (chunking & 63u) + 1);
+            else if (chunking >= 192)
+                n = std::min<std::size_t>(n, 1 + rng.next() % ((chunking & 63u) + 1));
+            if (!send_all(raw, bytes.substr(pos, n)))
+                break;  // the server closed: it stopped reading
             pos += n;
             pump(raw);
         }
@@ -111,7 +117,8 @@ public:
                 break;
             if (turns > kPumpLimit || chatsock::Clock::now() > deadline) {
                 std::fprintf(stderr, "raw open %d, connections %zu, observer heard %zu of %zu\n",
-                             raw_open_, server_.connection_count(), heard_.size(), to_observer.size());
+                             raw_open_, server_.connection_count(), heard_.size(),
+                             to_observer.size());
                 fail("the server did not finish with the connection in time");
             }
         }
@@ -143,7 +150,8 @@ private:
     }
 
     // What the raw client and the observer must receive for `bytes`.
-    static void model(std::string_view bytes, std::vector<Heard>& to_client, std::vector<Heard>& to_observer) {
+    static void model(std::string_view bytes, std::vector<Heard>& to_client,
+                      std::vector<Heard>& to_observer) {
         const Decoded d = ref_decode(bytes, kMaxPayload);
         std::string protocol_error;  // the server's reason, quoting the header it could not use
         if (d.failed && d.over_limit)
@@ -151,7 +159,8 @@ private:
                              " bytes is over the limit of " + std::to_string(kMaxPayload);
         else if (d.failed)
             protocol_error = "protocol error: bad frame header \"" +
-                             chatsock::printable(bytes.substr(d.consumed, chatsock::header_size)) + "\"";
+                             chatsock::printable(bytes.substr(d.consumed, chatsock::header_size)) +
+                             "\"";
         if (d.frames.empty()) {
             if (d.failed) to_client.push_back({kServerName, protocol_error});
             return;
@@ -190,7 +199,8 @@ private:
             const std::size_t n = chatsock::send_some(raw.get(), chunk.data(), chunk.size(), ec);
             if (ec && !chatsock::detail::would_block(ec)) return false;
             chunk.remove_prefix(n);
-            if (turns > kPumpLimit || chatsock::Clock::now() > deadline) fail("the server stopped reading");
+            if (turns > kPumpLimit || chatsock::Clock::now() > deadline)
+                fail("the server stopped reading");
             if (!chunk.empty()) pump(raw);
         }
         return true;
@@ -224,7 +234,8 @@ private:
         if (d.failed() || d.buffered() != 0) fail("the server sent a broken frame");
         if (frames.size() % 2 != 0) fail("the server sent a sender without a text");
         if (frames.size() / 2 != want.size()) {
-            std::fprintf(stderr, "raw client got %zu messages, expected %zu\n", frames.size() / 2, want.size());
+            std::fprintf(stderr, "raw client got %zu messages, expected %zu\n", frames.size() / 2,
+                         want.size());
             for (std::size_t i = 0; i + 1 < frames.size(); i += 2)
                 std::fprintf(stderr, "  got %s > %s\n", chatsock::printable(frames[i]).c_str(),
                              chatsock::printable(frames[i + 1]).c_str());
@@ -235,7 +246,8 @@ private:
             const std::string& text = frames[2 * i + 1];
             if (from != want[i].from) fail("a notice to the client from the wrong sender");
             if (!matches(text, want[i])) {
-                std::fprintf(stderr, "got \"%s\", expected \"%s\"\n", chatsock::printable(text).c_str(),
+                std::fprintf(stderr, "got \"%s\", expected \"%s\"\n",
+                             chatsock::printable(text).c_str(),
                              chatsock::printable(want[i].text).c_str());
                 fail("wrong notice to the client");
             }
@@ -270,19 +282,24 @@ private:
     void probe() {
         std::vector<Heard> got_by_probe;
         chatsock::Client probe;
-        probe.on_message = [&](const chatsock::Message& m) { got_by_probe.push_back({m.from, m.text}); };
+        probe.on_message = [&](const chatsock::Message& m) {
+            got_by_probe.push_back({m.from, m.text});
+        };
         const std::string text = "ping " + std::to_string(inputs_);
         if (probe.connect("127.0.0.1", port_, "probe")) fail("probe cannot connect");
         if (probe.send(text)) fail("probe cannot send");
         probe.finish();
-        const std::vector<Heard> want = {{kServerName, "probe joined"}, {"probe", text}, {kServerName, "probe left"}};
+        const std::vector<Heard> want = {
+            {kServerName, "probe joined"}, {"probe", text}, {kServerName, "probe left"}};
         const auto deadline = chatsock::Clock::now() + kTimeLimit;
         for (long turns = 0; probe.is_open() || heard_.size() < want.size() ||
-                            server_.connection_count() != baseline_connections_; ++turns) {
+                             server_.connection_count() != baseline_connections_;
+             ++turns) {
             if (server_.run_once(milliseconds(0))) fail("run_once failed");
             if (!observer_.poll(milliseconds(0))) fail("observer disconnected");
             probe.poll(milliseconds(0));
-            if (turns > kPumpLimit || chatsock::Clock::now() > deadline) fail("the probe was not relayed in time");
+            if (turns > kPumpLimit || chatsock::Clock::now() > deadline)
+                fail("the probe was not relayed in time");
         }
         // It finished first, so the server's close confirms it: not server_closed, not a reset.
         if (probe.close_reason() != chatsock::CloseReason::finished) {
@@ -290,7 +307,8 @@ private:
                          static_cast<int>(probe.close_reason()), probe.close_detail().c_str());
             fail("probe closed badly");
         }
-        if (!(got_by_probe.size() == 1 && got_by_probe[0] == Heard{kServerName, "welcome, probe! 1 other user online"}))
+        if (!(got_by_probe.size() == 1 &&
+              got_by_probe[0] == Heard{kServerName, "welcome, probe! 1 other user online"}))
             fail("the probe was not welcomed");
         check_observer(want);
     }
@@ -301,7 +319,8 @@ private:
         for (long turns = 0; heard_.size() < want.size(); ++turns) {
             if (server_.run_once(milliseconds(0))) fail("run_once failed");
             if (!observer_.poll(milliseconds(0))) fail("observer disconnected");
-            if (turns > kPumpLimit || chatsock::Clock::now() > deadline) fail("the observer heard nothing");
+            if (turns > kPumpLimit || chatsock::Clock::now() > deadline)
+                fail("the observer heard nothing");
         }
         check_observer(want);
     }

@@ -13,13 +13,13 @@
 #include <vector>
 
 // Reports which invariant broke, then traps so libFuzzer saves the input as a crash.
-#define FUZZ_CHECK(cond)                                                                     \
-    do {                                                                                     \
-        if (!(cond)) {                                                                       \
-            std::fprintf(stderr, "%s:%d: fuzz check failed: %s\n", __FILE__, __LINE__, #cond); \
-            __builtin_trap();                                                                \
-        }                                                                                    \
-    } while (0)
+#define FUZZ_CHECK(cond)                                                                 \
+  do {                                                                                   \
+    if (!(cond)) {                                                                       \
+      std::fprintf(stderr, "%s:%d: fuzz check failed: %s\n", __FILE__, __LINE__, #cond); \
+      __builtin_trap();                                                                  \
+    }                                                                                    \
+  } while (0)
 
 namespace fuzzref {
 
@@ -55,15 +55,26 @@ inline bool ref_valid_utf8(std::string_view s) {
         const unsigned char b = at(i);
         std::size_t need = 0;
         unsigned lo = 0x80, hi = 0xBF;  // allowed range of the second byte
-        if (b <= 0x7F) { ++i; continue; }
+        if (b <= 0x7F) {
+            ++i;
+            continue;
+        }
         if (in(b, 0xC2, 0xDF)) need = 1;
-        else if (b == 0xE0) { need = 2; lo = 0xA0; }
-        else if (in(b, 0xE1, 0xEC) || in(b, 0xEE, 0xEF)) need = 2;
-        else if (b == 0xED) { need = 2; hi = 0x9F; }
-        else if (b == 0xF0) { need = 3; lo = 0x90; }
-        else if (in(b, 0xF1, 0xF3)) need = 3;
-        else if (b == 0xF4) { need = 3; hi = 0x8F; }
-        else return false;
+        else if (b == 0xE0) {
+            need = 2;
+            lo = 0xA0;
+        } else if (in(b, 0xE1, 0xEC) || in(b, 0xEE, 0xEF)) need = 2;
+        else if (b == 0xED) {
+            need = 2;
+            hi = 0x9F;
+        } else if (b == 0xF0) {
+            need = 3;
+            lo = 0x90;
+        } else if (in(b, 0xF1, 0xF3)) need = 3;
+        else if (b == 0xF4) {
+            need = 3;
+            hi = 0x8F;
+        } else return false;
         if (s.size() - i <= need) return false;  // truncated sequence
         if (!in(at(i + 1), lo, hi)) return false;
         for (std::size_t k = 2; k <= need; ++k)
@@ -97,7 +108,8 @@ inline bool ref_equal_ci(std::string_view a, std::string_view b) {
     return true;
 }
 
-inline bool ref_username_ok(std::string_view name, std::string_view reserved, std::size_t max_bytes) {
+inline bool ref_username_ok(std::string_view name, std::string_view reserved,
+                            std::size_t max_bytes) {
     return !name.empty() && name.size() <= max_bytes && ref_valid_utf8(name) &&
            !ref_has_control(name) && name.front() != ' ' && name.back() != ' ' &&
            !ref_equal_ci(name, reserved);
@@ -119,7 +131,8 @@ inline Decoded ref_decode(std::string_view stream, std::size_t max_payload) {
     std::size_t pos = 0;
     while (stream.size() - pos >= chatsock::header_size) {
         unsigned long long length = 0;
-        const bool well_formed = ref_parse_header(stream.substr(pos, chatsock::header_size), length);
+        const bool well_formed =
+            ref_parse_header(stream.substr(pos, chatsock::header_size), length);
         if (!well_formed || length > max_payload) {
             d.failed = true;
             d.over_limit = well_formed;
@@ -127,7 +140,8 @@ inline Decoded ref_decode(std::string_view stream, std::size_t max_payload) {
             break;
         }
         if (stream.size() - pos - chatsock::header_size < length) break;
-        d.frames.emplace_back(stream.substr(pos + chatsock::header_size, static_cast<std::size_t>(length)));
+        d.frames.emplace_back(
+            stream.substr(pos + chatsock::header_size, static_cast<std::size_t>(length)));
         pos += chatsock::header_size + static_cast<std::size_t>(length);
     }
     d.consumed = pos;

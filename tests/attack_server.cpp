@@ -46,8 +46,14 @@ int main(int argc, char** argv) {
         }
         const char* value = argv[++i];
         unsigned long long n = 0;
-        if (flag == "--host") { options.host = value; continue; }
-        if (flag == "--log") { options.log_path = value; continue; }
+        if (flag == "--host") {
+            options.host = value;
+            continue;
+        }
+        if (flag == "--log") {
+            options.log_path = value;
+            continue;
+        }
         if (flag == "--port") {
             if (!chatsock::parse_port(value, options.port)) {
                 std::cerr << "attack_server: '" << value << "' is not a port number (0-65535)\n";

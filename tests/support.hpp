@@ -78,7 +78,8 @@ inline std::vector<std::string> split_tabs(const std::string& line) {
     std::size_t start = 0;
     for (;;) {
         std::size_t end = line.find('\t', start);
-        fields.push_back(line.substr(start, end == std::string::npos ? std::string::npos : end - start));
+        fields.push_back(
+            line.substr(start, end == std::string::npos ? std::string::npos : end - start));
         if (end == std::string::npos) return fields;
         start = end + 1;
     }
@@ -99,9 +100,9 @@ public:
         static int counter = 0;
         namespace fs = std::filesystem;
         for (int attempt = 0; attempt < 100; ++attempt) {
-            fs::path candidate = fs::temp_directory_path() /
-                                 ("chatsock-test-" + std::to_string(process_id()) + "-" +
-                                  std::to_string(++counter));
+            fs::path candidate =
+                fs::temp_directory_path() /
+                ("chatsock-test-" + std::to_string(process_id()) + "-" + std::to_string(++counter));
             std::error_code ec;
             if (fs::create_directory(candidate, ec) && !ec) {
                 path_ = candidate;
@@ -231,7 +232,8 @@ struct ChatUser {
     ChatUser(const ChatUser&) = delete;
     ChatUser& operator=(const ChatUser&) = delete;
 
-    std::error_code join(std::uint16_t port, std::string_view name, const std::string& host = "127.0.0.1") {
+    std::error_code join(std::uint16_t port, std::string_view name,
+                         const std::string& host = "127.0.0.1") {
         return client.connect(host, port, name);
     }
     bool got(std::string_view from, std::string_view text) const {
@@ -266,7 +268,9 @@ struct ChatUser {
 
 class RawPeer {
 public:
-    struct Frame2 { std::string from, text; };
+    struct Frame2 {
+        std::string from, text;
+    };
 
     // Connects (non-blocking socket, TCP_NODELAY) or fails the test.
     void connect(std::uint16_t port, const std::string& host = "127.0.0.1") {
@@ -304,8 +308,15 @@ public:
             std::error_code ec;
             std::size_t n = chatsock::recv_some(socket_.get(), buf, sizeof buf, ec);
             if (ec && chatsock::detail::would_block(ec)) return;
-            if (ec) { error_ = ec; ended_ = true; return; }
-            if (n == 0) { ended_ = true; return; }
+            if (ec) {
+                error_ = ec;
+                ended_ = true;
+                return;
+            }
+            if (n == 0) {
+                ended_ = true;
+                return;
+            }
             bytes_received_ += n;
             decoder_.decode(buf, n, [&](std::string_view frame) {
                 if (!have_from_) {
@@ -335,13 +346,15 @@ public:
         linger l{};
         l.l_onoff = 1;
         l.l_linger = 0;
-        ::setsockopt(socket_.get(), SOL_SOCKET, SO_LINGER, reinterpret_cast<const char*>(&l), sizeof l);
+        ::setsockopt(socket_.get(), SOL_SOCKET, SO_LINGER, reinterpret_cast<const char*>(&l),
+                     sizeof l);
         socket_.close();
     }
     void close() { socket_.close(); }
     // A small receive buffer makes a peer that never reads fill up quickly.
     void set_receive_buffer(int bytes) {
-        ::setsockopt(socket_.get(), SOL_SOCKET, SO_RCVBUF, reinterpret_cast<const char*>(&bytes), sizeof bytes);
+        ::setsockopt(socket_.get(), SOL_SOCKET, SO_RCVBUF, reinterpret_cast<const char*>(&bytes),
+                     sizeof bytes);
     }
 
     std::vector<Frame2> messages;
@@ -376,7 +389,8 @@ inline SocketPair make_pair(const std::string& host = "127.0.0.1") {
     p.listener = chatsock::listen_tcp(host, 0, ec);
     INFO("listen_tcp: ", ec.message());
     REQUIRE(p.listener.valid());
-    p.client = chatsock::connect_tcp(host, chatsock::local_port(p.listener.get()), default_limit, ec);
+    p.client =
+        chatsock::connect_tcp(host, chatsock::local_port(p.listener.get()), default_limit, ec);
     INFO("connect_tcp: ", ec.message());
     REQUIRE(p.client.valid());
     const auto deadline = Clock::now() + default_limit;
@@ -419,24 +433,28 @@ bool pump(chatsock::Server& server, Done&& done, Peers&... peers) {
 // Runs the loop for a fixed time (for "nothing else happens" checks; keep it short).
 template <class... Peers>
 void run_for(milliseconds duration, chatsock::Server& server, Peers&... peers) {
-    pump_within(duration, server, [] { return false; }, peers...);
+    pump_within(
+        duration, server, [] { return false; }, peers...);
 }
 
 // Connects a ChatUser and waits for its welcome.
-inline void join_wait(chatsock::Server& server, ChatUser& user, std::uint16_t port, std::string_view name,
-                      const std::string& host = "127.0.0.1") {
+inline void join_wait(chatsock::Server& server, ChatUser& user, std::uint16_t port,
+                      std::string_view name, const std::string& host = "127.0.0.1") {
     auto ec = user.join(port, name, host);
     INFO("connect: ", ec.message());
     REQUIRE_FALSE(ec);
-    REQUIRE(pump(server, [&] { return user.got_text_starting("welcome, "); }, user));
+    REQUIRE(pump(
+        server, [&] { return user.got_text_starting("welcome, "); }, user));
     REQUIRE(user.client.is_open());
 }
 
 // Connects a RawPeer, sends its username and waits for its welcome.
-inline void raw_join(chatsock::Server& server, RawPeer& peer, std::uint16_t port, std::string_view name) {
+inline void raw_join(chatsock::Server& server, RawPeer& peer, std::uint16_t port,
+                     std::string_view name) {
     peer.connect(port);
     REQUIRE(peer.send_frame(name));
-    REQUIRE(pump(server, [&] { return peer.got_text_starting("welcome, "); }, peer));
+    REQUIRE(pump(
+        server, [&] { return peer.got_text_starting("welcome, "); }, peer));
 }
 
 // Where threads exist: calls server.stop() if run() has not returned within `limit`, so a test

@@ -1,14 +1,14 @@
 // A translation unit that includes <winsock2.h> and <ws2tcpip.h> before chatsock.hpp, as a
 // program with its own socket code would. test_windows.cpp calls what is below.
 #if defined(_WIN32)
-#include <winsock2.h>
-#include <ws2tcpip.h>
+#  include <winsock2.h>
+#  include <ws2tcpip.h>
 
-#include "chatsock.hpp"
+#  include "chatsock.hpp"
 
-#include <string>
+#  include <string>
 
-#include "welcome_roundtrip.inc"
+#  include "welcome_roundtrip.inc"
 
 std::string winsock2_first_welcome() { return welcome_roundtrip("winsock2.h"); }
 
