@@ -1237,7 +1237,7 @@ public:
 
     void add(std::string_view event, std::string_view who, std::string_view text) {
         if (!file_) return;
-        if (pending_.empty()) time_ = detail::utc_timestamp(std::chrono::system_clock::now());
+        if (pending_.empty()) stamp_batch();
         pending_.append(time_).append(1, '\t').append(event).append(1, '\t');
         detail::append_printable(pending_, who, true);
         pending_ += '\t';
@@ -1257,10 +1257,19 @@ public:
     }
 
 private:
+    // One reading of the clock per batch, formatted once per millisecond: a busy server has
+    // many batches in each.
+    void stamp_batch() {
+        const auto now = std::chrono::system_clock::now();
+        const auto ms = std::chrono::duration_cast<milliseconds>(now.time_since_epoch()).count();
+        if (ms != time_ms_) time_ = detail::utc_timestamp(now);
+        time_ms_ = ms;
+    }
     std::FILE* file_ = nullptr;
     std::string path_;
     std::string pending_;  // this batch's lines
-    std::string time_;     // this batch's timestamp
+    std::string time_;     // this batch's timestamp, "2026-11-25T03:39:03.123Z"
+    long long time_ms_ = -1;
     bool failed_ = false;
 };
 

@@ -1462,6 +1462,20 @@ TEST_SUITE("server") {
     }
 #endif
 
+    TEST_CASE("the log's timestamps move on with the clock") {
+        cst::LoggedServer chat;
+        ChatUser alice, bob;
+        cst::join_wait(chat.server, alice, chat.port, "alice");
+        cst::run_for(milliseconds(30), chat.server, alice);  // the time passing is the point here
+        cst::join_wait(chat.server, bob, chat.port, "bob");
+        const auto lines = cst::split_lines(chat.log());
+        REQUIRE(lines.size() == 2);
+        const std::string first = cst::split_tabs(lines[0])[0],
+                          second = cst::split_tabs(lines[1])[0];
+        CHECK(is_iso8601_utc_ms(second));
+        CHECK(second > first);  // same format, same day: later sorts after
+    }
+
     TEST_CASE("the log appends to an existing file") {
         cst::LoggedServer chat([](chatsock::ServerOptions& o) {
             std::ofstream(o.log_path, std::ios::binary) << "earlier line\n";
