@@ -1414,8 +1414,8 @@ private:
     // A connection's life, one state at a time:
     //
     //   accept ──► naming ──name accepted──► joined
-    //                │                          │ refuse(): told why    peer_finished(): its
-    //                │ refuse(): told why       │ (leave_room)          end-of-stream (leave_room)
+    //                │                          │ refuse(): told why   peer_finished(): its
+    //                │ refuse(): told why       │ (leave_room)         EOF (leave_room)
     //                ▼                          ▼
     //              closing: its queue drains, then our side shuts down; closed once the peer
     //                │       closes too, or at its deadline (1 s)
@@ -1811,8 +1811,7 @@ private:
             c.state = State::closing;
             c.leave_reason = "server stopping";
             c.closing_until = deadline;
-            unschedule(c);
-            schedule(c);
+            schedule(c);  // an earlier entry finds, when it fires, that this one is due later
             mark_dirty(c);
         }
         members_.clear();

@@ -18,7 +18,6 @@ import selectors
 import signal
 import socket
 import struct
-import subprocess
 import sys
 import termios
 import threading
@@ -27,11 +26,11 @@ import unittest
 
 sys.dont_write_bytecode = True  # no __pycache__ in the repository
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from harness import (DEVNULL, HOST, LISTENING_DEMO as LISTENING, ROOT, TIMEOUT, frame, is_windows,  # noqa: E402
+from harness import (ATTACK_SERVER, DEVNULL, HOST, LISTENING_DEMO as LISTENING, TIMEOUT,  # noqa: E402
+                     build_attack_server, frame, is_windows,
                      main, needs_proc_net_tcp, recv_exactly, recv_frame, recv_until_closed, wait_until_read)
 from e2e_demos import DemoTestCase  # noqa: E402  (read_log, wait_log: the log's format checked)
 
-ATTACK_SERVER = os.environ.get("CHATSOCK_ATTACK_SERVER") or os.path.join(ROOT, "tests", "bin", "attack_server")
 # Under AddressSanitizer (make sanitize) freed memory sits in a quarantine, so RSS says nothing
 # about the server's own memory: the memory bounds are checked in the plain build only.
 SANITIZED = bool(os.environ.get("CHATSOCK_SANITIZED"))
@@ -42,14 +41,7 @@ MiB = 1 << 20
 def setUpModule():
     if not sys.platform.startswith("linux"):
         raise unittest.SkipTest("reads /proc: Linux only")
-    if os.environ.get("CHATSOCK_ATTACK_SERVER"):  # chosen by the caller (ctest, make sanitize)
-        if not os.access(ATTACK_SERVER, os.X_OK):
-            raise RuntimeError(f"attack_server not found: {ATTACK_SERVER}")
-        return
-    run = subprocess.run(["make", "-s", "tests/bin/attack_server"], cwd=ROOT, stdout=subprocess.PIPE,
-                         stderr=subprocess.STDOUT, timeout=600)
-    if run.returncode != 0:
-        raise RuntimeError("building tests/bin/attack_server failed:\n" + run.stdout.decode(errors="replace"))
+    build_attack_server()
 
 
 # ---- the server process, seen from /proc ------------------------------------------------------

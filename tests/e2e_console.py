@@ -25,7 +25,6 @@ import os
 import re
 import shutil
 import signal
-import subprocess
 import sys
 import tempfile
 import termios
@@ -34,24 +33,15 @@ import unittest
 
 sys.dont_write_bytecode = True  # no __pycache__ in the repository
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from harness import (CLIENT_ON_WINDOWS, DEMO_CLIENT, DEMO_SERVER, DEVNULL, HOST, LISTENING_DEMO,  # noqa: E402
+from harness import (ATTACK_SERVER, CLIENT_ON_WINDOWS, DEMO_CLIENT, DEMO_SERVER, DEVNULL, HOST,  # noqa: E402
+                     LISTENING_DEMO, build_attack_server,
                      NATIVE_CLIENT, NATIVE_SERVER, ROOT, SERVER_ON_WINDOWS, TIMEOUT, ChatTestCase, Proc,
                      build_demos, main, recv_until_closed, skip_if_windows_server, spawn_in_terminal)
-
-ATTACK_SERVER = (os.environ.get("CHATSOCK_ATTACK_SERVER")
-                 or os.path.join(ROOT, "tests", "bin", "attack_server"))
 
 
 def setUpModule():
     build_demos()
-    if os.environ.get("CHATSOCK_ATTACK_SERVER"):  # chosen by the caller (ctest)
-        if not os.access(ATTACK_SERVER, os.X_OK):
-            raise RuntimeError(f"attack_server not found: {ATTACK_SERVER}")
-        return
-    run = subprocess.run(["make", "-s", "tests/bin/attack_server"], cwd=ROOT, stdout=subprocess.PIPE,
-                         stderr=subprocess.STDOUT, timeout=600)
-    if run.returncode != 0:
-        raise RuntimeError("building tests/bin/attack_server failed:\n" + run.stdout.decode(errors="replace"))
+    build_attack_server()
 
 
 # wine leaves the terminal's ISIG on, so the terminal itself echoes "^C" and wine turns the

@@ -91,6 +91,23 @@ def build_demos():
         raise RuntimeError("building the demos failed:\n" + run.stdout.decode(errors="replace"))
 
 
+# tests/bin/attack_server (demo_server with its limits on the command line), or the one the
+# caller chose (ctest, make sanitize): built with make only when nobody chose one.
+ATTACK_SERVER = (os.environ.get("CHATSOCK_ATTACK_SERVER")
+                 or os.path.join(ROOT, "tests", "bin", "attack_server"))
+
+
+def build_attack_server():
+    if os.environ.get("CHATSOCK_ATTACK_SERVER"):
+        if not os.access(ATTACK_SERVER, os.X_OK):
+            raise RuntimeError(f"attack_server not found: {ATTACK_SERVER}")
+        return
+    run = subprocess.run(["make", "-s", "tests/bin/attack_server"], cwd=ROOT, stdout=PIPE,
+                         stderr=subprocess.STDOUT, timeout=600)
+    if run.returncode != 0:
+        raise RuntimeError("building tests/bin/attack_server failed:\n" + run.stdout.decode(errors="replace"))
+
+
 def frame(payload):
     """One frame the way the classic Python programs write it: f"{len:<10}" + payload."""
     if isinstance(payload, str):

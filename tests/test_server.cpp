@@ -187,6 +187,26 @@ std::string run_in_child(const std::function<std::string()>& check) {
 }
 #endif
 
+// The setup of the frame-timeout tests: a server with this frame_timeout, whose leaves are
+// recorded, a reader and a raw peer already joined.
+struct FrameTimeoutRoom {
+    FrameTimeoutRoom(milliseconds frame_timeout, const char* reader_name, const char* peer_name)
+        : server(with_frame_timeout(frame_timeout)), leaves(server) {
+        const auto port = cst::start(server);
+        cst::join_wait(server, reader, port, reader_name);
+        cst::raw_join(server, peer, port, peer_name);
+    }
+    static chatsock::ServerOptions with_frame_timeout(milliseconds frame_timeout) {
+        auto options = cst::quiet_options();
+        options.frame_timeout = frame_timeout;
+        return options;
+    }
+    chatsock::Server server;
+    Leaves leaves;
+    ChatUser reader;
+    RawPeer peer;
+};
+
 }  // namespace
 
 TEST_SUITE("server") {
@@ -972,15 +992,11 @@ TEST_SUITE("server") {
     }
 
     TEST_CASE("a frame may take most of frame_timeout to arrive") {
-        auto options = cst::quiet_options();
-        options.frame_timeout = milliseconds(1000);
-        chatsock::Server server(options);
-        Leaves leaves(server);
-        const auto port = cst::start(server);
-        ChatUser alice;
-        cst::join_wait(server, alice, port, "alice");
-        RawPeer typist;
-        cst::raw_join(server, typist, port, "typist");
+        FrameTimeoutRoom room(milliseconds(1000), "alice", "typist");
+        auto& server = room.server;
+        auto& leaves = room.leaves;
+        auto& alice = room.reader;
+        auto& typist = room.peer;
         const std::string frame = chatsock::encode_frame("slow but in time");
         REQUIRE(typist.send(frame.substr(0, 12)));
         cst::run_for(milliseconds(600), server, alice, typist);  // 60% of the time allowed
@@ -1700,15 +1716,11 @@ TEST_SUITE("server") {
     }
 
     TEST_CASE("a frame that stalls halfway is cut off after frame_timeout") {
-        auto options = cst::quiet_options();
-        options.frame_timeout = milliseconds(200);
-        chatsock::Server server(options);
-        Leaves leaves(server);
-        const auto port = cst::start(server);
-        ChatUser alice;
-        cst::join_wait(server, alice, port, "alice");
-        RawPeer staller;
-        cst::raw_join(server, staller, port, "staller");
+        FrameTimeoutRoom room(milliseconds(200), "alice", "staller");
+        auto& server = room.server;
+        auto& leaves = room.leaves;
+        auto& alice = room.reader;
+        auto& staller = room.peer;
         REQUIRE(staller.send(chatsock::encode_frame("complete") + "20        only half"));
         const auto t0 = Clock::now();
         REQUIRE(cst::pump(
@@ -1725,15 +1737,11 @@ TEST_SUITE("server") {
     }
 
     TEST_CASE("frame_timeout counts from each frame's first byte, not from the first partial one") {
-        auto options = cst::quiet_options();
-        options.frame_timeout = milliseconds(300);
-        chatsock::Server server(options);
-        Leaves leaves(server);
-        const auto port = cst::start(server);
-        ChatUser bob;
-        cst::join_wait(server, bob, port, "bob");
-        RawPeer streamer;
-        cst::raw_join(server, streamer, port, "streamer");
+        FrameTimeoutRoom room(milliseconds(300), "bob", "streamer");
+        auto& server = room.server;
+        auto& leaves = room.leaves;
+        auto& bob = room.reader;
+        auto& streamer = room.peer;
 
         // Every 50 ms for 1.2 s (four times frame_timeout), one send with the rest of frame k and
         // the first half of frame k+1: the server always holds a partial frame, each one for 50 ms.
@@ -1763,15 +1771,11 @@ TEST_SUITE("server") {
     }
 
     TEST_CASE("frame_timeout leaves alone a client that sends whole frames far apart") {
-        auto options = cst::quiet_options();
-        options.frame_timeout = milliseconds(300);
-        chatsock::Server server(options);
-        Leaves leaves(server);
-        const auto port = cst::start(server);
-        ChatUser bob;
-        cst::join_wait(server, bob, port, "bob");
-        RawPeer typist;
-        cst::raw_join(server, typist, port, "typist");
+        FrameTimeoutRoom room(milliseconds(300), "bob", "typist");
+        auto& server = room.server;
+        auto& leaves = room.leaves;
+        auto& bob = room.reader;
+        auto& typist = room.peer;
         // Types slowly: 400 ms, more than frame_timeout, between whole frames.
         std::vector<std::string> sent;
         for (int i = 0; i < 2; ++i) {

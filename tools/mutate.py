@@ -215,7 +215,7 @@ def tail(text, n=30):
     return "\n".join(text.rstrip("\n").split("\n")[-n:])
 
 
-def choose(entries, budget, sample_from):
+def choose(entries, sample_from):
     """The order to run entries in: file order, or a rotation chosen by a commit hash."""
     if not sample_from:
         return entries
@@ -257,7 +257,7 @@ def main():
             print(f"mutate: no such mutation: {', '.join(sorted(unknown))}")
             return 2
         entries = [e for e in entries if e["id"] in opts.only]
-    live = [e for e in choose(entries, opts.budget, opts.sample_from) if e not in stale]
+    live = [e for e in choose(entries, opts.sample_from) if e not in stale]
 
     started = time.monotonic()
     ws = Workspace(keep=opts.keep)
