@@ -70,8 +70,7 @@
 #  ifndef NOMINMAX
 #    define NOMINMAX
 #  endif
-// A <windows.h> included earlier without NOMINMAX has made min and max macros, which break
-// std::min/std::max: set them aside until the end of this header, which puts them back.
+// The min and max macros of a <windows.h> included earlier break std::min: set them aside.
 #  pragma push_macro("min")
 #  pragma push_macro("max")
 #  undef min
@@ -107,7 +106,6 @@
 #  include <signal.h>
 #  include <sys/resource.h>
 #  include <sys/socket.h>
-#  include <sys/types.h>
 #  include <sys/uio.h>
 #  include <unistd.h>
 #  if defined(__linux__) && !defined(CHATSOCK_USE_POLL)
@@ -171,24 +169,18 @@ struct winsock_category_impl : std::error_category {
     // So portable code can test `ec == std::errc::connection_refused` here as on POSIX.
     std::error_condition default_error_condition(int code) const noexcept override {
         using E = std::errc;
-        static const std::pair<int, E> map[] = {{WSAEWOULDBLOCK, E::operation_would_block},
-                                                {WSAEINPROGRESS, E::operation_in_progress},
-                                                {WSAEINTR, E::interrupted},
-                                                {WSAECONNREFUSED, E::connection_refused},
-                                                {WSAECONNRESET, E::connection_reset},
-                                                {WSAECONNABORTED, E::connection_aborted},
-                                                {WSAENOTCONN, E::not_connected},
-                                                {WSAETIMEDOUT, E::timed_out},
-                                                {WSAEADDRINUSE, E::address_in_use},
-                                                {WSAEADDRNOTAVAIL, E::address_not_available},
-                                                {WSAENETUNREACH, E::network_unreachable},
-                                                {WSAEHOSTUNREACH, E::host_unreachable},
-                                                {WSAEAFNOSUPPORT, E::address_family_not_supported},
-                                                {WSAEMFILE, E::too_many_files_open},
-                                                {WSAENOBUFS, E::no_buffer_space},
-                                                {WSAEMSGSIZE, E::message_size},
-                                                {WSAEACCES, E::permission_denied},
-                                                {WSAEINVAL, E::invalid_argument}};
+        // clang-format off
+        static const std::pair<int, E> map[] = {
+            {WSAEWOULDBLOCK, E::operation_would_block}, {WSAEINPROGRESS, E::operation_in_progress},
+            {WSAEINTR, E::interrupted}, {WSAECONNREFUSED, E::connection_refused},
+            {WSAECONNRESET, E::connection_reset}, {WSAECONNABORTED, E::connection_aborted},
+            {WSAENOTCONN, E::not_connected}, {WSAETIMEDOUT, E::timed_out},
+            {WSAEADDRINUSE, E::address_in_use}, {WSAEADDRNOTAVAIL, E::address_not_available},
+            {WSAENETUNREACH, E::network_unreachable}, {WSAEHOSTUNREACH, E::host_unreachable},
+            {WSAEAFNOSUPPORT, E::address_family_not_supported}, {WSAEMSGSIZE, E::message_size},
+            {WSAEMFILE, E::too_many_files_open}, {WSAENOBUFS, E::no_buffer_space},
+            {WSAEACCES, E::permission_denied}, {WSAEINVAL, E::invalid_argument}};
+        // clang-format on
         for (const auto& [winsock, portable] : map)
             if (code == winsock) return portable;
         return std::error_condition(code, *this);
@@ -215,8 +207,7 @@ struct NetworkInit {
             throw std::system_error(rc, os_category(), "WSAStartup");
     }
     ~NetworkInit() { WSACleanup(); }
-    NetworkInit(const NetworkInit&) : NetworkInit() {}
-    NetworkInit& operator=(const NetworkInit&) { return *this; }
+    NetworkInit(const NetworkInit&) = delete;
 };
 // For the free functions (listen_tcp...): the first call starts Winsock for the whole process.
 inline void start_network() { static const NetworkInit process_wide; }
@@ -248,9 +239,7 @@ constexpr int send_flags = 0;  // macOS/BSD: SO_NOSIGPIPE is set per socket
 #  endif
 using io_size = std::size_t;
 constexpr int reuse_address = SO_REUSEADDR;  // a restarted server binds without waiting
-struct NetworkInit {
-    NetworkInit() noexcept {}  // nothing to start on POSIX (user-provided: the members are used)
-};
+struct NetworkInit {};                       // nothing to start on POSIX
 inline void start_network() {}
 #endif
 
@@ -644,84 +633,6 @@ inline std::FILE* open_append(const std::string& path, std::error_code& ec) {
     return f;
 }
 
-// Standard input as a descriptor the poller can watch. WSAPoll cannot wait on a console, so on
-// Windows a thread reads it into a socket pair (and may outlive the reader, blocked in a read).
-class StdinReader {
-public:
-#if defined(_WIN32)
-    // The console speaks UTF-8 while this exists; the previous code pages come back afterwards.
-    StdinReader() : input_cp_(::GetConsoleCP()), output_cp_(::GetConsoleOutputCP()) {
-        ::SetConsoleCP(CP_UTF8);
-        ::SetConsoleOutputCP(CP_UTF8);
-    }
-    ~StdinReader() {
-        if (input_cp_) ::SetConsoleCP(input_cp_);
-        if (output_cp_) ::SetConsoleOutputCP(output_cp_);
-    }
-    socket_t handle() {
-        if (!from_thread_) {  // the first look starts the thread
-            auto* to_reader = new Socket;
-            make_channel(from_thread_, *to_reader);
-            HANDLE t = ::CreateThread(nullptr, 0, forward_input, to_reader, 0, nullptr);
-            if (!t)
-                throw std::system_error(int(::GetLastError()), os_category(), "chatsock: stdin");
-            ::CloseHandle(t);
-        }
-        return from_thread_.get();
-    }
-#else
-    static socket_t handle() { return 0; }
-#endif
-    // Appends what has arrived to `into` (first waiting, with `wait`); false once input ended.
-    bool read_some(std::string& into, bool wait) {
-        pollfd_t p{handle(), POLLIN, 0};
-        if (wait) poll_sockets(&p, 1, -1);
-        char buf[65536];
-        std::error_code ec;
-#if defined(_WIN32)
-        long n = retry_interrupted(ec, [&] { return ::recv(p.fd, buf, sizeof buf, 0); });
-#else
-        long n = retry_interrupted(ec, [&] { return ::read(p.fd, buf, sizeof buf); });
-#endif
-        if (n > 0) into.append(buf, static_cast<std::size_t>(n));
-        return n > 0 || (n < 0 && would_block(ec));
-    }
-
-private:
-#if defined(_WIN32)
-    static DWORD WINAPI forward_input(void* arg) {
-        std::unique_ptr<Socket> out(static_cast<Socket*>(arg));
-        u_long blocking = 0;
-        ::ioctlsocket(out->get(), FIONBIO, &blocking);
-        const HANDLE in = ::GetStdHandle(STD_INPUT_HANDLE);
-        DWORD mode = 0, n = 0;
-        const bool console = ::GetConsoleMode(in, &mode) != 0;
-        for (bool more = true; more;) {
-            std::string chunk;
-            if (console) {  // UTF-16 from the console, whatever its code page, to UTF-8
-                wchar_t wide[4096];
-                // A line starting with Ctrl+Z (Windows' end of input) or Ctrl+D ends the input.
-                more = ::ReadConsoleW(in, wide, 4096, &n, nullptr) && n > 0 && wide[0] != 0x1A &&
-                       wide[0] != 0x04;
-                if (more) chunk = narrow(wide, static_cast<int>(n));
-            } else {  // a pipe or a file: bytes as they are
-                char buf[65536];
-                more = ::ReadFile(in, buf, sizeof buf, &n, nullptr) && n > 0;
-                chunk.assign(buf, more ? n : 0);
-            }
-            for (std::size_t sent = 0; more && sent < chunk.size();) {
-                int k = ::send(out->get(), chunk.data() + sent, int(chunk.size() - sent), 0);
-                if (k <= 0) return 0;  // the reader is gone
-                sent += static_cast<std::size_t>(k);
-            }
-        }
-        return 0;  // closing `out` is the end of input for the reader
-    }
-    Socket from_thread_;
-    UINT input_cp_, output_cp_;
-#endif
-};
-
 // Ctrl+C, SIGTERM or closing the console call `on_stop()` (async-signal-safe), which returns
 // whether anyone was there to stop. Windows ends the process once the handler returns from a
 // console close: it waits `stop_grace_ms` first, for the program to say goodbye.
@@ -753,6 +664,103 @@ inline void catch_stop_signals() {
 #endif
 
 }  // namespace detail
+
+// Standard input (a terminal, a pipe, a file), line by line, as a descriptor a poller can watch
+// (Client::poll does). WSAPoll cannot wait on a console, so on Windows a thread reads it into a
+// socket pair (and may outlive this, blocked in a read).
+class StdinLines {
+public:
+    StdinLines() = default;
+    StdinLines(const StdinLines&) = delete;
+    StdinLines& operator=(const StdinLines&) = delete;
+#if defined(_WIN32)
+    socket_t handle() {
+        if (!from_thread_) {  // the first look starts the thread
+            auto* to_reader = new Socket;
+            detail::make_channel(from_thread_, *to_reader);
+            HANDLE t = ::CreateThread(nullptr, 0, forward_input, to_reader, 0, nullptr);
+            if (!t) throw std::system_error(int(::GetLastError()), detail::os_category(), "stdin");
+            ::CloseHandle(t);
+        }
+        return from_thread_.get();
+    }
+#else
+    static socket_t handle() { return 0; }
+#endif
+    // The next whole line, without its "\n" or "\r\n"; false when none is ready yet.
+    bool next(std::string& line) {
+        std::size_t end = buffer_.find('\n');
+        if (end == std::string::npos) {
+            if (!ended_ || buffer_.empty()) return false;
+            end = buffer_.size();  // the last line had no newline
+        }
+        line.assign(buffer_, 0, end);
+        buffer_.erase(0, end + 1);
+        if (!line.empty() && line.back() == '\r') line.pop_back();
+        return true;
+    }
+    bool has_line() const {
+        return buffer_.find('\n') != std::string::npos || (ended_ && !buffer_.empty());
+    }
+    // True once input has ended and every line has been taken.
+    bool eof() const { return ended_ && buffer_.empty(); }
+    // Waits for one whole line (for a prompt before the chat starts). False at end of input.
+    bool read_line(std::string& line) {
+        while (!has_line() && !ended_) read_some(true);
+        return next(line);
+    }
+    // Takes in what has arrived (first waiting for it, with `wait`).
+    void read_some(bool wait) {
+        if (ended_) return;
+        detail::pollfd_t p{handle(), POLLIN, 0};
+        if (wait) detail::poll_sockets(&p, 1, -1);
+        char buf[65536];
+        std::error_code ec;
+#if defined(_WIN32)
+        long n = detail::retry_interrupted(ec, [&] { return ::recv(p.fd, buf, sizeof buf, 0); });
+#else
+        long n = detail::retry_interrupted(ec, [&] { return ::read(p.fd, buf, sizeof buf); });
+#endif
+        if (n > 0) buffer_.append(buf, static_cast<std::size_t>(n));
+        ended_ = n == 0 || (n < 0 && !detail::would_block(ec));
+    }
+    bool ended() const { return ended_; }  // input has ended (lines may be left to take)
+
+private:
+#if defined(_WIN32)
+    static DWORD WINAPI forward_input(void* arg) {
+        std::unique_ptr<Socket> out(static_cast<Socket*>(arg));
+        u_long blocking = 0;
+        ::ioctlsocket(out->get(), FIONBIO, &blocking);
+        const HANDLE in = ::GetStdHandle(STD_INPUT_HANDLE);
+        DWORD mode = 0, n = 0;
+        const bool console = ::GetConsoleMode(in, &mode) != 0;
+        for (bool more = true; more;) {
+            std::string chunk;
+            if (console) {  // UTF-16 from the console, whatever its code page, to UTF-8
+                wchar_t wide[4096];
+                // A line starting with Ctrl+Z (Windows' end of input) or Ctrl+D ends the input.
+                more = ::ReadConsoleW(in, wide, 4096, &n, nullptr) && n > 0 && wide[0] != 0x1A &&
+                       wide[0] != 0x04;
+                if (more) chunk = detail::narrow(wide, static_cast<int>(n));
+            } else {  // a pipe or a file: bytes as they are
+                char buf[65536];
+                more = ::ReadFile(in, buf, sizeof buf, &n, nullptr) && n > 0;
+                chunk.assign(buf, more ? n : 0);
+            }
+            for (std::size_t sent = 0; more && sent < chunk.size();) {
+                int k = ::send(out->get(), chunk.data() + sent, int(chunk.size() - sent), 0);
+                if (k <= 0) return 0;  // the reader is gone
+                sent += static_cast<std::size_t>(k);
+            }
+        }
+        return 0;  // closing `out` is the end of input for the reader
+    }
+    Socket from_thread_;
+#endif
+    std::string buffer_;
+    bool ended_ = false;
+};
 
 // Writes UTF-8 text to stdout or stderr, flushed, so that every character shows: to a Windows
 // console (bytes would show in its code page) as UTF-16, to anything else as bytes.
@@ -1033,9 +1041,6 @@ inline std::string ascii_lower(std::string_view s) {
         if (c >= 'A' && c <= 'Z') c = char(c - 'A' + 'a');
     return out;
 }
-inline bool equal_ignoring_ascii_case(std::string_view a, std::string_view b) {
-    return a.size() == b.size() && ascii_lower(a) == ascii_lower(b);
-}
 }  // namespace detail
 
 // Makes received text safe for a terminal or a one-line-per-event file: control characters
@@ -1132,7 +1137,7 @@ inline std::string check_username(std::string_view name, std::string_view reserv
         if (is_control(cp)) return "the name contains control characters";
     }
     if (name.front() == ' ' || name.back() == ' ') return "the name starts or ends with a space";
-    if (detail::equal_ignoring_ascii_case(name, reserved_name))
+    if (detail::ascii_lower(name) == detail::ascii_lower(reserved_name))
         return "the name \"" + std::string(name) + "\" is reserved";
     return {};
 }
@@ -1214,6 +1219,32 @@ private:
     std::size_t offset_ = 0;  // bytes of the first chunk already sent
 };
 
+namespace detail {
+// One end of a chat connection, as the server and the client both keep it: the socket, the
+// decoder of what arrives and the queue of what leaves.
+struct Link {
+    explicit Link(std::size_t max_payload = default_max_payload) : input(max_payload) {}
+    Socket socket;
+    FrameDecoder input;
+    OutputQueue output;
+    bool write_interest = false;  // the poller watches for writability: output is waiting
+    bool sent_eof = false;        // our side is shut down (shutdown_send)
+    bool peer_finished = false;   // the peer's side is: end-of-stream was read
+
+    // Sends what the socket takes now and, when `finishing` and all is sent, shuts our side
+    // down. The poller watches for writability exactly while output waits.
+    std::error_code send_queued(Poller& poller, bool finishing) {
+        if (auto ec = output.write_to(socket.get())) return ec;
+        if (finishing && output.empty() && !std::exchange(sent_eof, true))
+            shutdown_send(socket.get());
+        const bool want = !output.empty();
+        if (std::exchange(write_interest, want) != want)
+            poller.modify(socket.get(), (peer_finished ? 0 : want_read) | (want ? want_write : 0));
+        return {};
+    }
+};
+}  // namespace detail
+
 // The conversation log: one line per event, tab-separated, appended as events happen:
 //   2026-11-25T03:39:03.123Z<TAB>message<TAB>alice<TAB>hello\tworld
 // Fields are escaped with printable(..., true): no text can forge a line or carry terminal
@@ -1221,16 +1252,10 @@ private:
 // of that turn is sent on, so a crash never loses a delivered line.
 class ConversationLog {
 public:
-    ConversationLog() = default;
-    ConversationLog(const ConversationLog&) = delete;
-    ConversationLog& operator=(const ConversationLog&) = delete;
-    ~ConversationLog() {
-        if (file_) std::fclose(file_);
-    }
     std::error_code open(const std::string& path) {
         std::error_code ec;
         path_ = path;
-        file_ = detail::open_append(path, ec);
+        file_.reset(detail::open_append(path, ec));
         return ec;
     }
     bool is_open() const { return file_ != nullptr; }
@@ -1248,7 +1273,7 @@ public:
     void flush(const std::function<void(std::string_view)>& report) {
         if (pending_.empty()) return;
         const bool written =
-            std::fwrite(pending_.data(), 1, pending_.size(), file_) == pending_.size();
+            std::fwrite(pending_.data(), 1, pending_.size(), file_.get()) == pending_.size();
         const std::error_code ec(written ? 0 : errno, std::generic_category());
         pending_.clear();
         if (!written && !failed_ && report)
@@ -1265,7 +1290,7 @@ private:
         if (ms != time_ms_) time_ = detail::utc_timestamp(now);
         time_ms_ = ms;
     }
-    std::FILE* file_ = nullptr;
+    std::unique_ptr<std::FILE, int (*)(std::FILE*)> file_{nullptr, std::fclose};
     std::string path_;
     std::string pending_;  // this batch's lines
     std::string time_;     // this batch's timestamp, "2026-11-25T03:39:03.123Z"
@@ -1423,28 +1448,22 @@ private:
     //              dead ◄── close_now() from any state: a reset, an error, a limit
     //                       (a joined user leaves the room first); removed at the end of the turn
     enum class State { naming, joined, closing };
-    struct Connection {
-        Socket socket;
+    static constexpr Clock::time_point never = Clock::time_point::max();
+    struct Connection : detail::Link {
+        explicit Connection(std::size_t max_payload) : Link(max_payload) {}
         ClientInfo info;
         State state = State::naming;
-        FrameDecoder input;
-        OutputQueue output;
         Clock::time_point connected_at;
-        Clock::time_point closing_until;    // closing: when to give up on the peer
-        Clock::time_point partial_since;    // when the frame still incomplete began to arrive
-        Clock::time_point over_soft_since;  // when the queue went over the soft limit
-        Clock::time_point deadline;         // this connection's entry in deadlines_
-        bool scheduled = false;             // ... if it has one
-        bool partial = false;               // a frame has begun and not ended
+        Clock::time_point closing_until;     // closing: when to give up on the peer
+        Clock::time_point partial_since;     // when the frame still incomplete began to arrive
+        Clock::time_point over_soft_since;   // when the queue went over the soft limit
+        Clock::time_point deadline = never;  // its entry in deadlines_, if any
+        bool partial = false;                // a frame has begun and not ended
         bool over_soft = false;
-        bool write_interest = false;  // registered for writability with the poller
-        bool dirty = false;           // has output to try at the end of this turn
-        bool dead = false;            // to be closed at the end of this turn
-        bool sent_eof = false;        // closing: shutdown_send done
-        bool peer_finished = false;   // the peer closed its sending side
+        bool dirty = false;  // has output to try at the end of this turn
+        bool dead = false;   // to be closed at the end of this turn
         std::string leave_reason;
         std::size_t member_slot = 0;  // index in members_ when joined
-        explicit Connection(std::size_t max_payload) : input(max_payload) {}
     };
 
     void say(const std::string& line) const {
@@ -1492,8 +1511,7 @@ private:
                 // The listener stays readable and the loop would spin: stop watching it a while.
                 if (!std::exchange(accept_paused_logged_, true))
                     say("cannot accept: " + ec.message() + "; pausing accepts");
-                accepts_paused_ = true;
-                accept_resume_at_ = Clock::now() + options_.accept_pause;
+                deadlines_.insert({Clock::now() + options_.accept_pause, no_client});
                 poller_.modify(listener_.get(), 0);
             } else if (!detail::would_block(ec)) {
                 say("accept failed: " + ec.message());
@@ -1637,18 +1655,11 @@ private:
     }
     void flush(Connection& c) {
         c.dirty = false;
-        if (auto ec = c.output.write_to(c.socket.get()))
+        // Closing: all sent, our side shuts down; the peer's turn to close, if it has not.
+        if (auto ec = c.send_queued(poller_, c.state == State::closing))
             return close_now(c, "connection lost: " + ec.message());
         if (c.over_soft && c.output.size_bytes() <= options_.output_soft_limit) c.over_soft = false;
-        if (c.state == State::closing && c.output.empty()) {
-            if (c.peer_finished) return close_now(c, c.leave_reason);
-            // All sent: now the peer's turn to close.
-            if (!std::exchange(c.sent_eof, true)) detail::shutdown_send(c.socket.get());
-        }
-        const bool want = !c.output.empty();
-        if (std::exchange(c.write_interest, want) != want)
-            poller_.modify(c.socket.get(),
-                           (c.peer_finished ? 0 : want_read) | (want ? want_write : 0));
+        if (c.sent_eof && c.peer_finished) close_now(c, c.leave_reason);
     }
 
     // ---- closing: the verbs of the state machine above ------------------------------------
@@ -1705,7 +1716,7 @@ private:
     Clock::time_point due(const Connection& c) const {
         if (c.state == State::naming) return c.connected_at + options_.handshake_timeout;
         if (c.state == State::closing) return c.closing_until;
-        auto when = Clock::time_point::max();
+        auto when = never;
         if (c.partial) when = c.partial_since + options_.frame_timeout;
         if (c.over_soft) when = std::min(when, c.over_soft_since + options_.soft_limit_time);
         return when;
@@ -1713,25 +1724,28 @@ private:
     // Called whenever a connection's deadline may have come nearer.
     void schedule(Connection& c) {
         const auto when = due(c);
-        if (c.scheduled && c.deadline <= when) return;  // that entry fires first, and reschedules
+        if (c.deadline <= when) return;  // an entry that fires first, and reschedules (or none)
         unschedule(c);
-        c.deadline = when;
-        c.scheduled = when != Clock::time_point::max();
-        if (c.scheduled) deadlines_.insert({when, c.info.id});
+        deadlines_.insert({c.deadline = when, c.info.id});
     }
     void unschedule(Connection& c) {
-        if (std::exchange(c.scheduled, false)) deadlines_.erase({c.deadline, c.info.id});
+        const auto when = std::exchange(c.deadline, never);
+        if (when != never) deadlines_.erase({when, c.info.id});
     }
+    // Accepting pauses too (out of descriptors) have an entry, for no client.
     void check_deadlines() {
         const auto now = Clock::now();
         while (!deadlines_.empty() && deadlines_.begin()->first <= now) {
-            Connection& c = *by_id_.at(deadlines_.begin()->second);
+            const ClientId id = deadlines_.begin()->second;
             deadlines_.erase(deadlines_.begin());
-            c.scheduled = false;
+            if (id == no_client) {  // the pause is over: the listener is watched again
+                if (listener_) poller_.modify(listener_.get(), want_read);
+                continue;
+            }
+            Connection& c = *by_id_.at(id);
+            c.deadline = never;
             if (!c.dead) expire(c, now);
         }
-        if (now >= accept_resume_at_ && std::exchange(accepts_paused_, false))
-            poller_.modify(listener_.get(), want_read);
     }
     void expire(Connection& c, Clock::time_point now) {
         if (due(c) > now) return schedule(c);  // not yet: the deadline moved later
@@ -1754,10 +1768,9 @@ private:
     }
     int next_timeout(milliseconds max_wait) const {
         if (!dirty_.empty() || !doomed_.empty()) return 0;
-        auto soonest = deadlines_.empty() ? Clock::time_point::max() : deadlines_.begin()->first;
-        if (accepts_paused_) soonest = std::min(soonest, accept_resume_at_);
-        long long ms = max_wait.count();            // negative: no limit of the caller's
-        if (soonest != Clock::time_point::max()) {  // rounded up: never wake before it
+        auto soonest = deadlines_.empty() ? never : deadlines_.begin()->first;
+        long long ms = max_wait.count();  // negative: no limit of the caller's
+        if (soonest != never) {           // rounded up: never wake before it
             const auto left = std::chrono::ceil<milliseconds>(soonest - Clock::now()).count();
             ms = ms < 0 ? left : std::min<long long>(ms, left);
         }
@@ -1794,7 +1807,6 @@ private:
     void shut_down() {
         poller_.remove(listener_.get());
         listener_.close();
-        accepts_paused_ = false;
         // Messages that reached us before the stop are still relayed and logged.
         for (Connection* c : std::vector<Connection*>(members_))
             if (!c->dead && c->state == State::joined) read_from(*c, false);
@@ -1841,8 +1853,7 @@ private:
     ClientId next_id_ = 1;
     std::atomic<bool> stop_requested_{false};
     bool listening_ = false, had_users_ = false;
-    bool accepts_paused_ = false, accept_paused_logged_ = false;
-    Clock::time_point accept_resume_at_;
+    bool accept_paused_logged_ = false;
 };
 
 // Ctrl+C (SIGTERM, closing the console window) calls server.stop(); the program goes on from
@@ -1869,47 +1880,6 @@ struct Message {
     bool from_server;  // a notice: someone joined or left, a name was refused, the server stops
 };
 
-// Standard input (a terminal, a pipe, a file), line by line: Client::poll watches it too.
-class StdinLines {
-public:
-    StdinLines() = default;
-    StdinLines(const StdinLines&) = delete;
-    StdinLines& operator=(const StdinLines&) = delete;
-
-    // The next whole line, without its "\n" or "\r\n"; false when none is ready yet.
-    bool next(std::string& line) {
-        std::size_t end = buffer_.find('\n');
-        if (end == std::string::npos) {
-            if (!ended_ || buffer_.empty()) return false;
-            end = buffer_.size();  // the last line had no newline
-        }
-        line.assign(buffer_, 0, end);
-        buffer_.erase(0, end + 1);
-        if (!line.empty() && line.back() == '\r') line.pop_back();
-        return true;
-    }
-    bool has_line() const {
-        return buffer_.find('\n') != std::string::npos || (ended_ && !buffer_.empty());
-    }
-    // True once input has ended and every line has been taken.
-    bool eof() const { return ended_ && buffer_.empty(); }
-    // Waits for one whole line (for a prompt before the chat starts). False at end of input.
-    bool read_line(std::string& line) {
-        while (!has_line() && !ended_) read_some(true);
-        return next(line);
-    }
-
-private:
-    friend class Client;
-    socket_t handle() { return reader_.handle(); }
-    void read_some(bool wait) {
-        if (!ended_) ended_ = !reader_.read_some(buffer_, wait);
-    }
-    detail::StdinReader reader_;
-    std::string buffer_;
-    bool ended_ = false;
-};
-
 struct ClientOptions {
     std::string server_name = "server";  // sender name that marks server notices
     std::size_t max_payload = detail::default_max_payload;
@@ -1932,7 +1902,7 @@ enum class CloseReason {
 class Client {
 public:
     explicit Client(ClientOptions options = {})
-        : options_(std::move(options)), input_(options_.max_payload) {}
+        : options_(std::move(options)), link_(options_.max_payload) {}
 
     // Called from poll() for every message and notice received.
     std::function<void(const Message&)> on_message;
@@ -1952,10 +1922,9 @@ public:
         if (ec) return ec;
         if ((ec = poller_.add(s.get(), want_read))) return ec;
         // Nothing of an earlier connection (unsent bytes, half a frame, a sent EOF) carries over.
-        socket_ = std::move(s);
-        output_.clear();
-        input_ = FrameDecoder(options_.max_payload);
-        have_sender_ = refused_ = finishing_ = eof_sent_ = write_interest_ = false;
+        link_ = detail::Link(options_.max_payload);
+        link_.socket = std::move(s);
+        have_sender_ = refused_ = finishing_ = false;
         last_notice_.clear();
         received_ = 0;
         open_ = true;
@@ -1970,7 +1939,7 @@ public:
         if (!open_ || finishing_) return std::make_error_code(std::errc::not_connected);
         if (text.size() > options_.max_payload)
             return std::make_error_code(std::errc::message_size);
-        output_.push(std::make_shared<const std::string>(encode_frame(text)));
+        link_.output.push(std::make_shared<const std::string>(encode_frame(text)));
         flush();
         return {};
     }
@@ -1987,11 +1956,11 @@ public:
             return false;
         }
         for (const PollEvent& ev : events_) {
-            if (ev.socket == socket_.get() && (ev.readable || ev.hangup)) receive();
+            if (ev.socket == link_.socket.get() && (ev.readable || ev.hangup)) receive();
             else if (input && ev.socket == input->handle()) input->read_some(false);
         }
         if (input && input_is_file_) input->read_some(true);
-        if (input && input->ended_ && std::exchange(input_watched_, false))
+        if (input && input->ended() && std::exchange(input_watched_, false))
             poller_.remove(input->handle());  // end of input stays "readable" forever
         if (open_) flush();
         return open_;
@@ -2021,12 +1990,12 @@ public:
     bool joined() const { return received_ > 0 && !refused_; }  // the server has welcomed us
     CloseReason close_reason() const { return close_reason_; }
     const std::string& close_detail() const { return close_detail_; }
-    std::size_t queued_bytes() const { return output_.size_bytes(); }
-    socket_t socket() const { return socket_.get(); }
+    std::size_t queued_bytes() const { return link_.output.size_bytes(); }
+    socket_t socket() const { return link_.socket.get(); }
 
 private:
     void watch(StdinLines* input) {
-        if (!input || input_watched_ || input_is_file_ || input->ended_) return;
+        if (!input || input_watched_ || input_is_file_ || input->ended()) return;
         if (poller_.add(input->handle(), want_read)) input_is_file_ = true;  // epoll refuses files
         else input_watched_ = true;
     }
@@ -2034,13 +2003,14 @@ private:
         char buf[65536];
         for (;;) {
             std::error_code ec;
-            const std::size_t n = recv_some(socket_.get(), buf, sizeof buf, ec);
+            const std::size_t n = recv_some(link_.socket.get(), buf, sizeof buf, ec);
             if (ec && detail::would_block(ec)) return;
             if (ec) return end(CloseReason::connection_lost, ec.message());
             if (n == 0) return server_closed();
-            input_.decode(buf, n, [this](std::string_view frame) { return take_frame(frame); });
+            link_.input.decode(buf, n,
+                               [this](std::string_view frame) { return take_frame(frame); });
             if (!open_) return;
-            if (input_.failed()) return end(CloseReason::protocol_error, input_.error());
+            if (link_.input.failed()) return end(CloseReason::protocol_error, link_.input.error());
         }
     }
     // One frame received; false stops decoding once on_message has closed the connection.
@@ -2059,37 +2029,31 @@ private:
     }
     void server_closed() {
         if (refused_) return end(CloseReason::refused, last_notice_);
-        if (finishing_ && eof_sent_ && output_.empty()) return end(CloseReason::finished, {});
+        if (finishing_ && link_.sent_eof && link_.output.empty())
+            return end(CloseReason::finished, {});
         end(CloseReason::server_closed, last_notice_);
     }
     void flush() {
-        if (auto ec = output_.write_to(socket_.get()))
-            return end(CloseReason::connection_lost, ec.message());
-        if (output_.empty() && finishing_ && !std::exchange(eof_sent_, true))
-            detail::shutdown_send(socket_.get());
-        const bool want = !output_.empty();
-        if (std::exchange(write_interest_, want) != want)
-            poller_.modify(socket_.get(), want_read | (want ? want_write : 0));
+        if (auto ec = link_.send_queued(poller_, finishing_))
+            end(CloseReason::connection_lost, ec.message());
     }
     void end(CloseReason why, std::string detail) {
         if (!open_) return;
         open_ = false;
         close_reason_ = why;
         close_detail_ = std::move(detail);
-        poller_.remove(socket_.get());
-        socket_.close();
+        poller_.remove(link_.socket.get());
+        link_.socket.close();
     }
 
     ClientOptions options_;
     detail::NetworkInit net_;
     Poller poller_;
-    Socket socket_;
-    FrameDecoder input_;
-    OutputQueue output_;
+    detail::Link link_;
     std::string sender_, last_notice_;
     std::size_t received_ = 0;
     bool have_sender_ = false, refused_ = false;
-    bool open_ = false, finishing_ = false, eof_sent_ = false, write_interest_ = false;
+    bool open_ = false, finishing_ = false;
     bool input_watched_ = false, input_is_file_ = false;
     CloseReason close_reason_ = CloseReason::open;
     std::string close_detail_;
