@@ -62,10 +62,7 @@
 
 #define CHATSOCK_VERSION "0.2.0"
 
-// ============================================================================================
-// 1. Platform: every difference between Winsock and BSD sockets lives in this section.
-// ============================================================================================
-
+// ==== 1. Platform: every difference between Winsock and BSD sockets lives in this section. =======
 #if defined(_WIN32)
 #  ifndef NOMINMAX
 #    define NOMINMAX
@@ -91,7 +88,6 @@
 #  include <ws2tcpip.h>
 #  include <windows.h>
 #  include <shellapi.h>
-#  include <io.h>
 #  ifdef _MSC_VER
 #    pragma comment(lib, "ws2_32")
 #    pragma comment(lib, "shell32")  // CommandLineToArgvW, for command_line()
@@ -149,7 +145,6 @@ constexpr socket_t invalid_socket = -1;
 #endif
 
 namespace detail {
-
 #if defined(_WIN32)
 // Winsock error codes as std::error_code, with the system's own text.
 struct winsock_category_impl : std::error_category {
@@ -317,7 +312,6 @@ inline std::error_code prepare_socket(socket_t s) {
 #endif
     return {};
 }
-
 }  // namespace detail
 
 // An owned socket: closed when it goes out of scope, movable, not copyable.
@@ -345,7 +339,6 @@ private:
 };
 
 namespace detail {
-
 using AddrInfoList = std::unique_ptr<addrinfo, decltype(&::freeaddrinfo)>;
 
 inline AddrInfoList resolve(const std::string& host, std::uint16_t port, bool passive,
@@ -488,12 +481,9 @@ inline Socket listen_tcp(const std::string& host, std::uint16_t port, std::error
         if (ai->ai_family == AF_INET6)  // dual stack: "::" also takes IPv4 (Windows defaults off)
             detail::set_option(s.get(), IPPROTO_IPV6, IPV6_V6ONLY, 0);
         if (::bind(s.get(), ai->ai_addr, static_cast<socklen_t>(ai->ai_addrlen)) != 0 ||
-            ::listen(s.get(), backlog) != 0 || (ec = detail::prepare_socket(s.get()))) {
-            if (!ec) ec = detail::last_error();
-            continue;
-        }
-        ec.clear();
-        return s;
+            ::listen(s.get(), backlog) != 0)
+            ec = detail::last_error();
+        else if (!(ec = detail::prepare_socket(s.get()))) return s;
     }
     return Socket();
 }
@@ -552,7 +542,6 @@ inline std::size_t recv_some(socket_t s, char* data, std::size_t size, std::erro
 }
 
 namespace detail {
-
 // A one-way channel inside the process that a poller can watch: a socket pair, made by hand
 // on Windows (over loopback; WSAPoll only waits on sockets). Both ends non-blocking.
 inline void make_channel(Socket& read_end, Socket& write_end) {
@@ -662,7 +651,6 @@ inline void catch_stop_signals() {
     ::sigaction(SIGTERM, &action, nullptr);
 }
 #endif
-
 }  // namespace detail
 
 // Standard input (a terminal, a pipe, a file), line by line, as a descriptor a poller can watch
@@ -689,11 +677,8 @@ public:
 #endif
     // The next whole line, without its "\n" or "\r\n"; false when none is ready yet.
     bool next(std::string& line) {
-        std::size_t end = buffer_.find('\n');
-        if (end == std::string::npos) {
-            if (!ended_ || buffer_.empty()) return false;
-            end = buffer_.size();  // the last line had no newline
-        }
+        if (!has_line()) return false;
+        const std::size_t end = std::min(buffer_.find('\n'), buffer_.size());  // or input's end
         line.assign(buffer_, 0, end);
         buffer_.erase(0, end + 1);
         if (!line.empty() && line.back() == '\r') line.pop_back();
@@ -780,10 +765,7 @@ inline void write_text(std::FILE* stream, std::string_view text) {
     std::fflush(stream);
 }
 
-// ============================================================================================
-// 2. Poller: which sockets are ready? epoll on Linux, poll() elsewhere, WSAPoll on Windows.
-// ============================================================================================
-
+// ==== 2. Poller: which sockets are ready? epoll on Linux, poll() elsewhere, WSAPoll on Windows. ==
 constexpr unsigned want_read = 1;
 constexpr unsigned want_write = 2;
 
@@ -899,10 +881,7 @@ using Poller = EpollPoller;
 using Poller = PollPoller;
 #endif
 
-// ============================================================================================
-// 3. Framing and protocol rules: pure functions, no I/O.
-// ============================================================================================
-
+// ==== 3. Framing and protocol rules: pure functions, no I/O. =====================================
 constexpr std::size_t header_size = 10;
 
 namespace detail {
@@ -940,6 +919,8 @@ inline bool parse_header(std::string_view header, unsigned long long& length) {
     while (stop < end && *stop == ' ') ++stop;
     return stop == end;
 }
+
+inline bool is_control(char32_t cp) { return cp < 0x20 || (cp >= 0x7F && cp <= 0x9F); }
 
 namespace detail {
 // Decodes one UTF-8 sequence at s[i]; returns its length, or 0 if it is not valid UTF-8
@@ -999,19 +980,7 @@ inline std::size_t plain_run(std::string_view s, std::size_t i, bool escape_back
     while (i < s.size() && s[i] >= 0x20 && s[i] < 0x7F && (s[i] != '\\' || !escape_backslash)) ++i;
     return i - start;
 }
-}  // namespace detail
 
-inline bool is_valid_utf8(std::string_view s) {
-    char32_t cp;
-    for (std::size_t i = 0, n; i < s.size(); i += n)
-        if ((n = detail::ascii_run(s, i)) == 0 && (n = detail::utf8_sequence(s, i, cp)) == 0)
-            return false;
-    return true;
-}
-
-inline bool is_control(char32_t cp) { return cp < 0x20 || (cp >= 0x7F && cp <= 0x9F); }
-
-namespace detail {
 // printable(), written to the end of `out` (no allocation of its own).
 inline void append_printable(std::string& out, std::string_view s, bool escape_backslash = false) {
     char hex[8];
@@ -1042,6 +1011,14 @@ inline std::string ascii_lower(std::string_view s) {
     return out;
 }
 }  // namespace detail
+
+inline bool is_valid_utf8(std::string_view s) {
+    char32_t cp;
+    for (std::size_t i = 0, n; i < s.size(); i += n)
+        if ((n = detail::ascii_run(s, i)) == 0 && (n = detail::utf8_sequence(s, i, cp)) == 0)
+            return false;
+    return true;
+}
 
 // Makes received text safe for a terminal or a one-line-per-event file: control characters
 // (C0, DEL, C1: they start terminal escapes) and invalid UTF-8 bytes become escapes like \n,
@@ -1131,21 +1108,14 @@ inline std::string check_username(std::string_view name, std::string_view reserv
     if (name.size() > max_bytes)
         return "the name is longer than " + std::to_string(max_bytes) + " bytes";
     if (!is_valid_utf8(name)) return "the name is not valid UTF-8";
-    char32_t cp = 0;  // g++ -O1 -Werror=maybe-uninitialized cannot see that the check above sets it
-    for (std::size_t i = 0, n; i < name.size(); i += n) {
-        n = detail::utf8_sequence(name, i, cp);
-        if (is_control(cp)) return "the name contains control characters";
-    }
+    if (printable(name) != name) return "the name contains control characters";  // escaped
     if (name.front() == ' ' || name.back() == ' ') return "the name starts or ends with a space";
     if (detail::ascii_lower(name) == detail::ascii_lower(reserved_name))
         return "the name \"" + std::string(name) + "\" is reserved";
     return {};
 }
 
-// ============================================================================================
-// 4. Buffers: shared outgoing frames, per-connection output queues, the conversation log.
-// ============================================================================================
-
+// ==== 4. Buffers: shared outgoing frames, per-connection output queues, the conversation log. ====
 // Frames encoded once and shared by every recipient's queue: a broadcast to 1,000 clients
 // costs one encoding and 1,000 reference counts, not 1,000 copies.
 using SharedBytes = std::shared_ptr<const std::string>;
@@ -1298,10 +1268,7 @@ private:
     bool failed_ = false;
 };
 
-// ============================================================================================
-// 5. Server
-// ============================================================================================
-
+// ==== 5. Server ==================================================================================
 class Server;
 namespace detail {
 inline std::atomic<Server*> ctrl_c_target{nullptr};  // see stop_on_ctrl_c()
@@ -1453,15 +1420,12 @@ private:
         explicit Connection(std::size_t max_payload) : Link(max_payload) {}
         ClientInfo info;
         State state = State::naming;
-        Clock::time_point connected_at;
-        Clock::time_point closing_until;     // closing: when to give up on the peer
-        Clock::time_point partial_since;     // when the frame still incomplete began to arrive
-        Clock::time_point over_soft_since;   // when the queue went over the soft limit
-        Clock::time_point deadline = never;  // its entry in deadlines_, if any
-        bool partial = false;                // a frame has begun and not ended
-        bool over_soft = false;
-        bool dirty = false;  // has output to try at the end of this turn
-        bool dead = false;   // to be closed at the end of this turn
+        Clock::time_point state_until;          // naming: for the name; closing: for the peer
+        Clock::time_point frame_until = never;  // a frame has begun: when it must be whole
+        Clock::time_point soft_until = never;   // over the soft limit: when it must be back under
+        Clock::time_point deadline = never;     // its entry in deadlines_, if any
+        bool dirty = false;                     // has output to try at the end of this turn
+        bool dead = false;                      // to be closed at the end of this turn
         std::string leave_reason;
         std::size_t member_slot = 0;  // index in members_ when joined
     };
@@ -1471,9 +1435,6 @@ private:
     }
     std::string_view sender(std::string_view from) const {
         return from.empty() ? std::string_view(options_.server_name) : from;
-    }
-    std::string who(const Connection& c) const {
-        return c.info.name.empty() ? c.info.peer : c.info.name;
     }
     static std::string address_of(const std::string& host, std::uint16_t port) {
         const bool v6 = host.find(':') != std::string::npos;
@@ -1524,7 +1485,7 @@ private:
         auto c = std::make_unique<Connection>(options_.max_payload);
         c->socket = std::move(s);
         c->info = ClientInfo{next_id_++, std::string(), std::move(peer)};
-        c->connected_at = Clock::now();
+        c->state_until = Clock::now() + options_.handshake_timeout;
         if (auto ec = poller_.add(fd, want_read))
             return say("cannot watch " + c->info.peer + ": " + ec.message());
         Connection& ref = *c;
@@ -1565,7 +1526,7 @@ private:
             if (c.dead) return;
             if (c.input.failed()) {
                 const std::string why = "protocol error: " + c.input.error();
-                log_.add("error", who(c), why);
+                log_.add("error", c.info.name.empty() ? c.info.peer : c.info.name, why);
                 if (c.state == State::naming) say("refused " + c.info.peer + ": " + why);
                 return refuse(c, why);
             }
@@ -1576,11 +1537,13 @@ private:
     // A frame must arrive whole within frame_timeout of its first byte: a client that stalls
     // mid-frame (slowloris) holds a buffer and a descriptor, so it is dropped.
     void track_partial_frame(Connection& c, bool completed_one) {
-        const bool was_partial = c.partial;
-        c.partial = c.state == State::joined && c.input.buffered() > 0;
-        if (!c.partial || (was_partial && !completed_one)) return;  // or the same frame goes on
-        c.partial_since = Clock::now();
-        schedule(c);
+        const bool partial = c.state == State::joined && c.input.buffered() > 0;
+        if (!partial) {
+            c.frame_until = never;
+        } else if (c.frame_until == never || completed_one) {  // a new frame has begun
+            c.frame_until = Clock::now() + options_.frame_timeout;
+            schedule(c);
+        }
     }
     void handle_frame(Connection& c, std::string_view frame) {
         if (c.state == State::naming) return handle_username(c, frame);
@@ -1643,9 +1606,8 @@ private:
         }
         if (c.output.size_bytes() > hard)
             return close_now(c, "too slow: output queue over " + std::to_string(hard) + " bytes");
-        if (c.output.size_bytes() > options_.output_soft_limit && !c.over_soft) {
-            c.over_soft = true;
-            c.over_soft_since = Clock::now();
+        if (c.output.size_bytes() > options_.output_soft_limit && c.soft_until == never) {
+            c.soft_until = Clock::now() + options_.soft_limit_time;
             schedule(c);
         }
         mark_dirty(c);
@@ -1658,7 +1620,7 @@ private:
         // Closing: all sent, our side shuts down; the peer's turn to close, if it has not.
         if (auto ec = c.send_queued(poller_, c.state == State::closing))
             return close_now(c, "connection lost: " + ec.message());
-        if (c.over_soft && c.output.size_bytes() <= options_.output_soft_limit) c.over_soft = false;
+        if (c.output.size_bytes() <= options_.output_soft_limit) c.soft_until = never;
         if (c.sent_eof && c.peer_finished) close_now(c, c.leave_reason);
     }
 
@@ -1675,7 +1637,7 @@ private:
         if (c.state == State::joined) leave_room(c, reason);
         c.state = State::closing;
         c.leave_reason = std::move(reason);
-        c.closing_until = Clock::now() + milliseconds(1000);
+        c.state_until = Clock::now() + milliseconds(1000);
         schedule(c);
     }
     // The peer sent all it will (it may still read): deliver what is queued for it, then close.
@@ -1714,12 +1676,8 @@ private:
     // joined: a frame arriving whole, the queue back under the soft limit; closing: the peer's
     // close. An entry that is too early (the deadline moved later) is set again when it fires.
     Clock::time_point due(const Connection& c) const {
-        if (c.state == State::naming) return c.connected_at + options_.handshake_timeout;
-        if (c.state == State::closing) return c.closing_until;
-        auto when = never;
-        if (c.partial) when = c.partial_since + options_.frame_timeout;
-        if (c.over_soft) when = std::min(when, c.over_soft_since + options_.soft_limit_time);
-        return when;
+        if (c.state != State::joined) return c.state_until;
+        return std::min(c.frame_until, c.soft_until);
     }
     // Called whenever a connection's deadline may have come nearer.
     void schedule(Connection& c) {
@@ -1756,7 +1714,7 @@ private:
                           " ms");
         } else if (c.state == State::closing) {
             close_now(c, c.leave_reason);
-        } else if (c.partial && now - c.partial_since >= options_.frame_timeout) {
+        } else if (now >= c.frame_until) {
             log_.add("error", c.info.name, "incomplete frame");
             refuse(c, "a frame took longer than " + std::to_string(options_.frame_timeout.count()) +
                           " ms to arrive");
@@ -1822,7 +1780,7 @@ private:
             }
             c.state = State::closing;
             c.leave_reason = "server stopping";
-            c.closing_until = deadline;
+            c.state_until = deadline;
             schedule(c);  // an earlier entry finds, when it fires, that this one is due later
             mark_dirty(c);
         }
@@ -1869,10 +1827,7 @@ inline void stop_on_ctrl_c(Server& server) {
     detail::catch_stop_signals();
 }
 
-// ============================================================================================
-// 6. Client
-// ============================================================================================
-
+// ==== 6. Client ==================================================================================
 // One message as a client receives it.
 struct Message {
     std::string from;  // the sender's username, or the server's reserved name for a notice
@@ -2029,8 +1984,7 @@ private:
     }
     void server_closed() {
         if (refused_) return end(CloseReason::refused, last_notice_);
-        if (finishing_ && link_.sent_eof && link_.output.empty())
-            return end(CloseReason::finished, {});
+        if (link_.sent_eof) return end(CloseReason::finished, {});  // all sent, then our EOF
         end(CloseReason::server_closed, last_notice_);
     }
     void flush() {
