@@ -194,18 +194,14 @@ constexpr int send_flags = 0;
 constexpr int reuse_address = SO_EXCLUSIVEADDRUSE;
 using io_size = int;  // what send() and recv() take and return
 
-// Winsock must be started first. WSAStartup counts its callers: each socket owner holds one.
-struct NetworkInit {
-    NetworkInit() {
+// Winsock must be started before other socket calls: resolve() starts it, once per process.
+inline void start_network() {
+    static const int failed = [] {
         WSADATA data;
-        if (int rc = WSAStartup(MAKEWORD(2, 2), &data))
-            throw std::system_error(rc, os_category(), "WSAStartup");
-    }
-    ~NetworkInit() { WSACleanup(); }
-    NetworkInit(const NetworkInit&) = delete;
-};
-// For the free functions (listen_tcp...): the first call starts Winsock for the whole process.
-inline void start_network() { static const NetworkInit process_wide; }
+        return ::WSAStartup(MAKEWORD(2, 2), &data);
+    }();
+    if (failed) throw std::system_error(failed, os_category(), "WSAStartup");
+}
 
 // Windows speaks UTF-16 to programs that ask for it; chatsock speaks UTF-8 everywhere.
 inline std::string narrow(const wchar_t* text, int length) {
@@ -234,7 +230,6 @@ constexpr int send_flags = 0;  // macOS/BSD: SO_NOSIGPIPE is set per socket
 #  endif
 using io_size = std::size_t;
 constexpr int reuse_address = SO_REUSEADDR;  // a restarted server binds without waiting
-struct NetworkInit {};                       // nothing to start on POSIX
 inline void start_network() {}
 #endif
 
@@ -254,8 +249,7 @@ auto retry_interrupted(std::error_code& ec, Call call) {
     return result;
 }
 
-// Every client costs a descriptor, and POSIX caps them (`ulimit -n`, often 1,024): raises the
-// soft limit toward `wanted` as far as the hard limit allows; returns the limit in force.
+// Raises `ulimit -n` (one descriptor per client) toward `wanted`; returns the limit in force.
 inline std::size_t raise_descriptor_limit(std::size_t wanted) {
 #if defined(_WIN32)
     return wanted;
@@ -321,8 +315,8 @@ public:
     explicit Socket(socket_t s) : s_(s) {}
     ~Socket() { close(); }
     Socket(Socket&& other) noexcept : s_(other.release()) {}
-    Socket& operator=(Socket&& other) noexcept {
-        if (this != &other) close(), s_ = other.release();
+    Socket& operator=(Socket other) noexcept {  // the old socket closes with `other`
+        std::swap(s_, other.s_);
         return *this;
     }
 
@@ -542,8 +536,7 @@ inline std::size_t recv_some(socket_t s, char* data, std::size_t size, std::erro
 }
 
 namespace detail {
-// A one-way channel inside the process that a poller can watch: a socket pair, made by hand
-// on Windows (over loopback; WSAPoll only waits on sockets). Both ends non-blocking.
+// A non-blocking socket pair a poller can watch; by hand over loopback on Windows (WSAPoll).
 inline void make_channel(Socket& read_end, Socket& write_end) {
 #if defined(_WIN32)
     std::error_code ec;
@@ -589,7 +582,6 @@ public:
     }
 
 private:
-    NetworkInit net_;
     Socket read_, write_;
 };
 
@@ -653,9 +645,8 @@ inline void catch_stop_signals() {
 #endif
 }  // namespace detail
 
-// Standard input (a terminal, a pipe, a file), line by line, as a descriptor a poller can watch
-// (Client::poll does). WSAPoll cannot wait on a console, so on Windows a thread reads it into a
-// socket pair (and may outlive this, blocked in a read).
+// Standard input line by line, on a descriptor a poller can watch (Client::poll does). WSAPoll
+// cannot wait on a console: on Windows a thread copies it to a socket pair (it may outlive this).
 class StdinLines {
 public:
     StdinLines() = default;
@@ -841,9 +832,8 @@ private:
 class EpollPoller {
 public:
     EpollPoller() : ep_(::epoll_create1(EPOLL_CLOEXEC)) {
-        if (!ep_) throw std::system_error(detail::last_error(), "chatsock: epoll_create1");
-        if (auto ec = add(wake_.socket(), want_read))
-            throw std::system_error(ec, "chatsock: epoll");
+        if (!ep_ || add(wake_.socket(), want_read))
+            throw std::system_error(detail::last_error(), "chatsock: epoll");
     }
     std::error_code add(socket_t s, unsigned wanted) { return ctl(EPOLL_CTL_ADD, s, wanted); }
     std::error_code modify(socket_t s, unsigned wanted) { return ctl(EPOLL_CTL_MOD, s, wanted); }
@@ -967,8 +957,7 @@ inline std::size_t ascii_run(std::string_view s, std::size_t i) {
     while (i < s.size() && static_cast<unsigned char>(s[i]) < 0x80) ++i;
     return i - start;
 }
-// How many bytes from s[i] on printable() copies as they are: ASCII 0x20-0x7E, and no
-// backslash when backslashes are escaped.
+// How many bytes from s[i] on printable() copies as they are: ASCII 0x20-0x7E (\ if unescaped).
 inline std::size_t plain_run(std::string_view s, std::size_t i, bool escape_backslash) {
     const std::size_t start = i;
     for (; i + 8 <= s.size(); i += 8) {
@@ -1074,7 +1063,6 @@ public:
     bool failed() const { return !error_.empty(); }
     const std::string& error() const { return error_; }
     std::size_t buffered() const { return pending_.size(); }  // bytes of an unfinished frame
-    std::size_t max_payload() const { return max_payload_; }
 
 private:
     // Reads and checks a frame's header: a payload length up to max_payload, or a protocol error.
@@ -1190,8 +1178,7 @@ private:
 };
 
 namespace detail {
-// One end of a chat connection, as the server and the client both keep it: the socket, the
-// decoder of what arrives and the queue of what leaves.
+// One end of a chat connection, the server's or the client's: socket, decoder, output queue.
 struct Link {
     explicit Link(std::size_t max_payload = default_max_payload) : input(max_payload) {}
     Socket socket;
@@ -1228,7 +1215,6 @@ public:
         file_.reset(detail::open_append(path, ec));
         return ec;
     }
-    bool is_open() const { return file_ != nullptr; }
 
     void add(std::string_view event, std::string_view who, std::string_view text) {
         if (!file_) return;
@@ -1284,12 +1270,10 @@ struct ServerOptions {
     std::string server_name = "server";  // reserved sender name of server notices
     std::size_t max_payload = detail::default_max_payload;
     std::size_t max_name_bytes = detail::default_max_name_bytes;
-    std::size_t max_clients = 10000;    // connections beyond it are told so and closed; listen()
-                                        // raises `ulimit -n` to fit, or lowers this to fit it
-    std::size_t announce_up_to = 1000;  // "X joined"/"X left" go to everyone while at most this
-                                        // many users are online; above, they are only logged
-    milliseconds handshake_timeout{10000};     // to send a username after connecting
-    milliseconds frame_timeout{30000};         // for a frame to arrive whole once it has begun
+    std::size_t max_clients = 10000;        // more are told so and closed; fitted to `ulimit -n`
+    std::size_t announce_up_to = 1000;      // joins and leaves are announced up to this many users
+    milliseconds handshake_timeout{10000};  // to send a username after connecting
+    milliseconds frame_timeout{30000};      // for a frame to arrive whole once it has begun
     std::size_t output_hard_limit = 8u << 20;  // queued bytes: over it, disconnect at once
     std::size_t output_soft_limit = 1u << 20;  // over it for soft_limit_time: disconnect
     milliseconds soft_limit_time{10000};
@@ -1345,11 +1329,9 @@ public:
 
     std::uint16_t port() const { return local_port(listener_.get()); }
 
-    // Serves until stop() (or exit_when_empty's last leave), then says goodbye to everyone,
-    // lets their queues drain for stop_drain_time and closes.
+    // Serves until stop() (or exit_when_empty's last leave), then says goodbye, drains, closes.
     std::error_code run() {
-        if (!listening_)
-            if (auto ec = listen()) return ec;
+        if (auto ec = listening_ ? std::error_code() : listen()) return ec;
         while (!stop_requested_.load() &&
                !(options_.exit_when_empty && had_users_ && members_.empty()))
             if (auto ec = run_once(milliseconds(-1))) return ec;
@@ -1459,25 +1441,22 @@ private:
 
     // ---- accepting ------------------------------------------------------------------------
     void accept_all() {
+        std::error_code ec;
+        std::string peer;
         for (int i = 0; i < 256; ++i) {  // bounded, so a connection storm cannot starve the chat
-            std::error_code ec;
-            std::string peer;
             Socket s = accept_tcp(listener_.get(), ec, &peer);
-            if (s) {
-                accept_paused_logged_ = false;
-                add_connection(std::move(s), std::move(peer));
-                continue;
-            }
-            if (detail::out_of_descriptors(ec)) {
-                // The listener stays readable and the loop would spin: stop watching it a while.
-                if (!std::exchange(accept_paused_logged_, true))
-                    say("cannot accept: " + ec.message() + "; pausing accepts");
-                deadlines_.insert({Clock::now() + options_.accept_pause, no_client});
-                poller_.modify(listener_.get(), 0);
-            } else if (!detail::would_block(ec)) {
-                say("accept failed: " + ec.message());
-            }
-            return;
+            if (!s) break;
+            accept_paused_logged_ = false;
+            add_connection(std::move(s), std::move(peer));
+        }
+        if (detail::out_of_descriptors(ec)) {
+            // The listener stays readable and the loop would spin: stop watching it a while.
+            if (!std::exchange(accept_paused_logged_, true))
+                say("cannot accept: " + ec.message() + "; pausing accepts");
+            deadlines_.insert({Clock::now() + options_.accept_pause, no_client});
+            poller_.modify(listener_.get(), 0);
+        } else if (ec && !detail::would_block(ec)) {
+            say("accept failed: " + ec.message());
         }
     }
     void add_connection(Socket s, std::string peer) {
@@ -1513,8 +1492,7 @@ private:
             if (ec) return close_now(c, "connection lost: " + ec.message());
             if (n == 0) return peer_finished(c);
             total += n;
-            // A short read drained the socket: skip the recv that would say "empty" (polling is
-            // level-triggered: anything arriving later is reported again).
+            // A short read drained the socket: no recv to hear "empty" (level-triggered polling).
             const bool drained = n < sizeof buf && !hangup;
             if (c.state == State::closing) continue;  // discard: we are only waiting for EOF
             bool completed = false;
@@ -1656,8 +1634,10 @@ private:
         if (c.state == State::joined) c.leave_reason = reason;
         doomed_.push_back(c.socket.get());
     }
-    // Out of the room: the name is free again, the others are told, on_leave is called.
+    // Out of the room for good (closing, or dead): the name is free again, the others are told,
+    // on_leave is called.
     void leave_room(Connection& c, const std::string& reason) {
+        c.state = State::closing;
         members_[c.member_slot] = members_.back();  // the last one fills the hole
         members_[c.member_slot]->member_slot = c.member_slot;
         members_.pop_back();
@@ -1748,10 +1728,7 @@ private:
             for (socket_t fd : doomed_now_) {
                 auto it = connections_.find(fd);
                 Connection& c = *it->second;
-                if (c.state == State::joined) {
-                    c.state = State::closing;
-                    leave_room(c, c.leave_reason);  // tells the others, calls on_leave
-                }
+                if (c.state == State::joined) leave_room(c, c.leave_reason);
                 unschedule(c);
                 poller_.remove(fd);
                 by_id_.erase(c.info.id);
@@ -1796,7 +1773,6 @@ private:
     }
 
     ServerOptions options_;
-    detail::NetworkInit net_;
     Poller poller_;
     Socket listener_;
     ConversationLog log_;
@@ -1845,8 +1821,7 @@ struct ClientOptions {
 // Why a client's connection ended; Client::close_detail() has the words.
 enum class CloseReason {
     open,              // not closed (or never connected)
-    refused,           // the server closed before it welcomed us: a name refused, the server
-                       // full, no name in time; the detail is its notice
+    refused,           // closed before a welcome (name refused, server full); detail: its notice
     server_closed,     // the server closed the connection (its last notice, if any, is the detail)
     finished,          // we finished, and the server confirmed by closing too
     not_acknowledged,  // close() gave up waiting for the server to close
@@ -2001,7 +1976,6 @@ private:
     }
 
     ClientOptions options_;
-    detail::NetworkInit net_;
     Poller poller_;
     detail::Link link_;
     std::string sender_, last_notice_;

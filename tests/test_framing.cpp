@@ -311,7 +311,6 @@ TEST_SUITE("framing") {
 
     TEST_CASE("FrameDecoder: a payload of exactly the maximum is accepted") {
         cst::Frames d(100);
-        CHECK(d.decoder.max_payload() == 100);
         const std::string payload(100, 'm');
         d.feed(chatsock::encode_frame(payload));
         std::string_view frame;
@@ -319,7 +318,14 @@ TEST_SUITE("framing") {
         CHECK(frame == payload);
         CHECK_FALSE(d.failed());
 
-        CHECK(chatsock::FrameDecoder().max_payload() == chatsock::detail::default_max_payload);
+        // A decoder made without a maximum has the default one.
+        const std::size_t max = chatsock::detail::default_max_payload;
+        chatsock::FrameDecoder by_default;
+        CHECK(decode_chunks(by_default, chatsock::encode_frame(std::string(max, 'b')), {}).size() ==
+              1);
+        CHECK(decode_chunks(by_default, chatsock::encode_frame(std::string(max + 1, 'b')), {})
+                  .empty());
+        CHECK(by_default.failed());
         cst::Frames standard(chatsock::detail::default_max_payload);
         const std::string big(chatsock::detail::default_max_payload, 'b');
         standard.feed(chatsock::encode_frame(big));

@@ -14,7 +14,7 @@ std::string winsock2_first_welcome() { return welcome_roundtrip("winsock2.h"); }
 
 // The header's socket type is Winsock's own, so chatsock sockets mix with this program's calls.
 bool winsock2_first_socket_is_winsock() {
-    chatsock::detail::NetworkInit winsock;  // raw Winsock calls need it started
+    chatsock::detail::start_network();  // raw Winsock calls need it started
     chatsock::Socket s(::socket(AF_INET, SOCK_STREAM, IPPROTO_TCP));
     return s.valid() && sizeof(chatsock::socket_t) == sizeof(SOCKET);
 }
