@@ -37,29 +37,27 @@
 // API AT A GLANCE, by layer, in the order the header teaches them (the rest is in detail::)
 //   1 platform  Socket, socket_t: an owned socket      listen_tcp, accept_tcp, connect_tcp
 //               send_some, recv_some, local_port       parse_port, command_line: UTF-8 args
-//               write_text: UTF-8 to stdout or stderr, shown right on a Windows console too
+//               write_text: UTF-8, even to a console   StdinLines: stdin, line by line
 //   2 poller    Poller (EpollPoller, PollPoller)       PollEvent, want_read, want_write
 //   3 framing   header_size, encode_frame, parse_header, FrameDecoder
 //               is_valid_utf8, is_control, printable, check_username
 //   4 buffers   SharedBytes, encode_message, OutputQueue, ConversationLog
 //   5 server    Server, ServerOptions, ClientInfo, ClientId, stop_on_ctrl_c
-//   6 client    Client, ClientOptions, Message, CloseReason, StdinLines
+//   6 client    Client, ClientOptions, Message, CloseReason
 //
 // CONFIGURATION MACROS (define before including)
 //   CHATSOCK_USE_POLL   use the portable poll() backend even where epoll exists (Linux).
 //   Everything else is a run-time option: see ServerOptions and ClientOptions below.
 //
 // WHY IT IS FAST (measured in bench/; README, "Performance")
-//   A message is encoded once and shared by every recipient's queue; what one loop turn queues
-//   for a client leaves in one writev/WSASend; frames are parsed straight from the read buffer;
-//   the log is one write per loop turn. An idle client costs the server under 1 KiB.
+//   A message is encoded once for all its recipients; a turn's output to a client is one writev;
+//   frames are parsed in the read buffer; one log write per turn; an idle client costs < 1 KiB.
 //
 // LICENSE
 //   MIT. Copyright (c) 2026 the chatsock authors. See LICENSE for the full text.
 
 #ifndef CHATSOCK_HPP
 #define CHATSOCK_HPP
-
 #define CHATSOCK_VERSION "0.2.0"
 
 // ==== 1. Platform: every difference between Winsock and BSD sockets lives in this section. =======
@@ -132,7 +130,6 @@
 #include <vector>
 
 namespace chatsock {
-
 using Clock = std::chrono::steady_clock;
 using std::chrono::milliseconds;
 
@@ -319,7 +316,6 @@ public:
         std::swap(s_, other.s_);
         return *this;
     }
-
     socket_t get() const { return s_; }
     bool valid() const { return s_ != invalid_socket; }
     explicit operator bool() const { return valid(); }
@@ -334,7 +330,6 @@ private:
 
 namespace detail {
 using AddrInfoList = std::unique_ptr<addrinfo, decltype(&::freeaddrinfo)>;
-
 inline AddrInfoList resolve(const std::string& host, std::uint16_t port, bool passive,
                             std::error_code& ec) {
     start_network();
@@ -420,7 +415,6 @@ inline std::error_code wait_connected(socket_t s, milliseconds timeout) {
 
 // "127.0.0.1:1234" or "[::1]:1234" for a socket address.
 inline std::string format_address(const sockaddr* addr, socklen_t len) {
-    start_network();
     char host[INET6_ADDRSTRLEN + 1] = "?";
     char port[8] = "0";
     ::getnameinfo(addr, len, host, sizeof host, port, sizeof port, NI_NUMERICHOST | NI_NUMERICSERV);
@@ -614,9 +608,8 @@ inline std::FILE* open_append(const std::string& path, std::error_code& ec) {
     return f;
 }
 
-// Ctrl+C, SIGTERM or closing the console call `on_stop()` (async-signal-safe), which returns
-// whether anyone was there to stop. Windows ends the process once the handler returns from a
-// console close: it waits `stop_grace_ms` first, for the program to say goodbye.
+// Ctrl+C, SIGTERM or closing the console call `on_stop()` (async-signal-safe; false: nobody to
+// stop). A closed console ends the process when the handler returns: it waits stop_grace_ms.
 inline std::atomic<bool (*)()> on_stop{nullptr};
 inline std::atomic<long long> stop_grace_ms{0};
 #if defined(_WIN32)
@@ -759,7 +752,6 @@ inline void write_text(std::FILE* stream, std::string_view text) {
 // ==== 2. Poller: which sockets are ready? epoll on Linux, poll() elsewhere, WSAPoll on Windows. ==
 constexpr unsigned want_read = 1;
 constexpr unsigned want_write = 2;
-
 struct PollEvent {
     socket_t socket;
     bool readable;  // data, a pending connection, or end-of-stream to read
@@ -771,7 +763,6 @@ struct PollEvent {
 class PollPoller {
 public:
     PollPoller() { add(wake_.socket(), want_read); }
-
     std::error_code add(socket_t s, unsigned interest) {
         if (index_.count(s)) return std::make_error_code(std::errc::file_exists);
         index_[s] = fds_.size();
@@ -788,11 +779,9 @@ public:
         auto it = index_.find(s);
         if (it == index_.end()) return std::make_error_code(std::errc::no_such_file_or_directory);
         const std::size_t slot = it->second;
-        index_.erase(it);
-        if (slot != fds_.size() - 1) {  // the last one fills the hole
-            fds_[slot] = fds_.back();
-            index_[fds_[slot].fd] = slot;
-        }
+        fds_[slot] = fds_.back();  // the last one fills the hole (or was the one removed)
+        index_[fds_[slot].fd] = slot;
+        index_.erase(s);
         fds_.pop_back();
         return {};
     }
@@ -838,7 +827,6 @@ public:
     std::error_code add(socket_t s, unsigned wanted) { return ctl(EPOLL_CTL_ADD, s, wanted); }
     std::error_code modify(socket_t s, unsigned wanted) { return ctl(EPOLL_CTL_MOD, s, wanted); }
     std::error_code remove(socket_t s) { return ctl(EPOLL_CTL_DEL, s, 0); }
-
     std::error_code wait(std::vector<PollEvent>& events, int timeout_ms) {
         events.clear();
         epoll_event ready[256];
@@ -873,7 +861,6 @@ using Poller = PollPoller;
 
 // ==== 3. Framing and protocol rules: pure functions, no I/O. =====================================
 constexpr std::size_t header_size = 10;
-
 namespace detail {
 constexpr std::size_t default_max_payload = 64 * 1024;
 constexpr std::size_t default_max_name_bytes = 32;
@@ -1026,7 +1013,6 @@ class FrameDecoder {
 public:
     explicit FrameDecoder(std::size_t max_payload = detail::default_max_payload)
         : max_payload_(max_payload) {}
-
     // Calls on_frame(payload) for each whole frame, read straight from the chunk (views valid
     // during the call), and keeps only an unfinished last one. on_frame returns false to stop;
     // the rest of the chunk is then dropped.
@@ -1059,7 +1045,6 @@ public:
         }
         pending_.assign(data, size);  // the start of a frame to finish next time
     }
-
     bool failed() const { return !error_.empty(); }
     const std::string& error() const { return error_; }
     std::size_t buffered() const { return pending_.size(); }  // bytes of an unfinished frame
@@ -1082,7 +1067,6 @@ private:
         std::string().swap(pending_);
         return false;
     }
-
     std::size_t max_payload_;
     std::string pending_;  // the start of a frame that has not arrived whole
     std::string error_;
@@ -1107,7 +1091,6 @@ inline std::string check_username(std::string_view name, std::string_view reserv
 // Frames encoded once and shared by every recipient's queue: a broadcast to 1,000 clients
 // costs one encoding and 1,000 reference counts, not 1,000 copies.
 using SharedBytes = std::shared_ptr<const std::string>;
-
 // One relayed message as it goes on the wire: the sender's name frame, then the text frame.
 inline SharedBytes encode_message(std::string_view from, std::string_view text) {
     auto bytes = std::make_shared<std::string>();
@@ -1128,7 +1111,6 @@ public:
     }
     bool empty() const { return head_ == chunks_.size(); }
     std::size_t size_bytes() const { return bytes_ - offset_; }
-
     // Sends what the socket takes now. An error only for a broken connection, not a full one.
     std::error_code write_to(socket_t s) {
         while (!empty()) {
@@ -1147,10 +1129,6 @@ public:
             if (count < detail::max_send_buffers && !empty()) return {};  // the socket is full
         }
         return {};
-    }
-    void clear() {
-        chunks_.clear();
-        head_ = bytes_ = offset_ = 0;
     }
 
 private:
@@ -1187,7 +1165,6 @@ struct Link {
     bool write_interest = false;  // the poller watches for writability: output is waiting
     bool sent_eof = false;        // our side is shut down (shutdown_send)
     bool peer_finished = false;   // the peer's side is: end-of-stream was read
-
     // Sends what the socket takes now and, when `finishing` and all is sent, shuts our side
     // down. The poller watches for writability exactly while output waits.
     std::error_code send_queued(Poller& poller, bool finishing) {
@@ -1215,7 +1192,6 @@ public:
         file_.reset(detail::open_append(path, ec));
         return ec;
     }
-
     void add(std::string_view event, std::string_view who, std::string_view text) {
         if (!file_) return;
         if (pending_.empty()) stamp_batch();
@@ -1262,7 +1238,6 @@ inline std::atomic<Server*> ctrl_c_target{nullptr};  // see stop_on_ctrl_c()
 
 using ClientId = std::uint64_t;  // unique for the server's lifetime; never reused
 constexpr ClientId no_client = 0;
-
 struct ServerOptions {
     std::string host = "127.0.0.1";      // "::" for every IPv6 and IPv4 address
     std::uint16_t port = 1234;           // 0: the OS picks one; read it back with port()
@@ -1300,13 +1275,11 @@ public:
         Server* self = this;  // a late Ctrl+C must not reach a destroyed server
         detail::ctrl_c_target.compare_exchange_strong(self, nullptr);
     }
-
     // Called on the loop's thread. Callbacks may call send_to, broadcast and disconnect.
     std::function<void(const ClientInfo&)> on_join;
     // May rewrite `text`; return false to drop the message (nobody receives it, nothing is logged).
     std::function<bool(const ClientInfo&, std::string& text)> on_message;
     std::function<void(const ClientInfo&, std::string_view reason)> on_leave;
-
     // Opens the listening socket, then the log; port() is then known. On failure, *attempt (when
     // given) says what failed: "cannot listen on 127.0.0.1:1234".
     std::error_code listen(std::string* attempt = nullptr) {
@@ -1326,9 +1299,7 @@ public:
         say("listening on " + address_of(options_.host, port()) + " (" + Poller::backend() + ")");
         return {};
     }
-
     std::uint16_t port() const { return local_port(listener_.get()); }
-
     // Serves until stop() (or exit_when_empty's last leave), then says goodbye, drains, closes.
     std::error_code run() {
         if (auto ec = listening_ ? std::error_code() : listen()) return ec;
@@ -1338,7 +1309,6 @@ public:
         shut_down();
         return {};
     }
-
     // One turn of the event loop, for programs with their own: waits up to max_wait (-1: no
     // limit) for sockets and deadlines, then handles everything ready.
     std::error_code run_once(milliseconds max_wait) {
@@ -1355,13 +1325,11 @@ public:
         finish_iteration();
         return {};
     }
-
     // Asks run() to finish. Safe from a signal handler and from any thread.
     void stop() noexcept {
         stop_requested_.store(true);
         poller_.wake();
     }
-
     // Sends one message to one client (from the server's name unless `from` is given).
     void send_to(ClientId id, std::string_view text, std::string_view from = {}) {
         if (Connection* c = live(id)) enqueue(*c, encode_message(sender(from), text));
@@ -1374,7 +1342,6 @@ public:
     void disconnect(ClientId id, std::string_view reason) {
         if (Connection* c = live(id)) refuse(*c, std::string(reason));
     }
-
     std::size_t client_count() const { return members_.size(); }  // joined users
     std::size_t connection_count() const { return connections_.size(); }
     std::vector<ClientInfo> clients() const {
@@ -1411,7 +1378,6 @@ private:
         std::string leave_reason;
         std::size_t member_slot = 0;  // index in members_ when joined
     };
-
     void say(const std::string& line) const {
         if (options_.diagnostics) options_.diagnostics(line);
     }
@@ -1438,7 +1404,6 @@ private:
             std::to_string(options_.max_clients));
         options_.max_clients = fits;
     }
-
     // ---- accepting ------------------------------------------------------------------------
     void accept_all() {
         std::error_code ec;
@@ -1477,7 +1442,6 @@ private:
                    "the server is full (" + std::to_string(options_.max_clients) + " clients)");
         }
     }
-
     // ---- reading --------------------------------------------------------------------------
     void read_from(Connection& c, bool hangup) {
         char buf[65536];
@@ -1566,7 +1530,6 @@ private:
     }
     // Joins and leaves are announced only in rooms this small: N joins would cost N²/2 notices.
     bool announced(std::size_t room) const { return room <= options_.announce_up_to; }
-
     // ---- writing --------------------------------------------------------------------------
     void relay(const SharedBytes& bytes, ClientId except) {
         // A member enqueue() cuts off stays in members_ (dead) until the end of the turn.
@@ -1601,7 +1564,6 @@ private:
         if (c.output.size_bytes() <= options_.output_soft_limit) c.soft_until = never;
         if (c.sent_eof && c.peer_finished) close_now(c, c.leave_reason);
     }
-
     // ---- closing: the verbs of the state machine above ------------------------------------
     // Tells a client why, then closes gracefully.
     void refuse(Connection& c, std::string reason) {
@@ -1650,7 +1612,6 @@ private:
             broadcast(notice);  // the room still counting the leaver
         if (on_leave) on_leave(c.info, reason);
     }
-
     // ---- deadlines ------------------------------------------------------------------------
     // A connection has at most one entry in deadlines_, its state's soonest: naming: the name;
     // joined: a frame arriving whole, the queue back under the soft limit; closing: the peer's
@@ -1714,7 +1675,6 @@ private:
         }
         return ms < 0 ? -1 : static_cast<int>(std::min(std::max(ms, 0ll), 60'000ll));
     }
-
     // The end of every turn: log first, then the sockets, then the closes.
     void finish_iteration() {
         while (!dirty_.empty() || !doomed_.empty()) {
@@ -1738,7 +1698,7 @@ private:
         }
         log_.flush(options_.diagnostics);
     }
-
+    // stop(): relay what has arrived, say goodbye, let the queues drain, close.
     void shut_down() {
         poller_.remove(listener_.get());
         listener_.close();
@@ -1771,7 +1731,6 @@ private:
         deadlines_.clear();
         say("stopped");
     }
-
     ServerOptions options_;
     Poller poller_;
     Socket listener_;
@@ -1833,10 +1792,8 @@ class Client {
 public:
     explicit Client(ClientOptions options = {})
         : options_(std::move(options)), link_(options_.max_payload) {}
-
     // Called from poll() for every message and notice received.
     std::function<void(const Message&)> on_message;
-
     // Connects within connect_timeout, then sends the username; the answer (a welcome, or a
     // refusal and a close) arrives through poll(). A name over max_payload: message_size.
     std::error_code connect(const std::string& host, std::uint16_t port,
@@ -1863,7 +1820,6 @@ public:
         return {};
     }
     std::error_code join(std::string_view username) { return send(username); }
-
     // Queues one message and starts sending it. Errors: not_connected (or closing), message_size.
     std::error_code send(std::string_view text) {
         if (!open_ || finishing_) return std::make_error_code(std::errc::not_connected);
@@ -1873,7 +1829,6 @@ public:
         flush();
         return {};
     }
-
     // Waits up to `timeout` for the server (and `input`), sends what is queued and hands every
     // message to on_message. False once the connection is closed: close_reason() says why.
     bool poll(milliseconds timeout, StdinLines* input = nullptr) {
@@ -1895,7 +1850,6 @@ public:
         if (open_) flush();
         return open_;
     }
-
     // Graceful close, not blocking: once all is sent our side closes; then the server's does.
     void finish() {
         finishing_ = true;
@@ -1906,8 +1860,7 @@ public:
         finish();
         const auto deadline = Clock::now() + options_.close_timeout;
         while (open_ && Clock::now() < deadline)
-            poll(std::chrono::duration_cast<milliseconds>(deadline - Clock::now()) +
-                 milliseconds(1));
+            poll(std::chrono::ceil<milliseconds>(deadline - Clock::now()));
         if (open_)
             end(CloseReason::not_acknowledged, "the server did not close within " +
                                                    std::to_string(options_.close_timeout.count()) +
@@ -1915,7 +1868,6 @@ public:
                                                    " bytes were still unsent");
         return close_reason_ == CloseReason::finished;
     }
-
     bool is_open() const { return open_; }
     bool joined() const { return received_ > 0 && !refused_; }  // the server has welcomed us
     CloseReason close_reason() const { return close_reason_; }
@@ -1974,7 +1926,6 @@ private:
         poller_.remove(link_.socket.get());
         link_.socket.close();
     }
-
     ClientOptions options_;
     Poller poller_;
     detail::Link link_;

@@ -4,8 +4,8 @@
   * Every Winsock/BSD difference lives in layer 1: `_WIN32` appears nowhere after the line
     that opens "// ==== 2. Poller".
   * No line is over 100 columns (the header, the demos).
-It also prints the header's length against the 1,950-line budget of the textbook issue, as
-information (not yet met: see the closing notes).
+  * The header is at most 1,950 lines (`wc -l`): the budget of the textbook issue, so that it
+    stays a book read in one sitting.
 
 Each check is one test; the last line is "RESULT passed=N failed=N skipped=0" (tests/run.sh).
 """
@@ -50,7 +50,8 @@ def main():
         long_lines = [i + 1 for i, line in enumerate(lines_of(name)) if width(line) > MAX_COLUMNS]
         check(not long_lines, f"{name}: no line over {MAX_COLUMNS} columns" +
               (f" (lines {long_lines})" if long_lines else ""))
-    print(f"info  chatsock.hpp: {len(header)} lines; the budget is {MAX_LINES}")
+    check(len(header) <= MAX_LINES,
+          f"chatsock.hpp: {len(header)} lines, within the budget of {MAX_LINES}")
     print(f"RESULT passed={passed} failed={len(failures)} skipped=0")
     return 1 if failures else 0
 
