@@ -1087,7 +1087,361 @@ inline std::string check_username(std::string_view name, std::string_view reserv
     return {};
 }
 
-// ==== 4. Buffers: shared outgoing frames, per-connection output queues, the conversation log. ====
+// ==== 4. Lines and browsers: two more wire formats, and how a connection shows which it speaks ==
+// One port serves three kinds of client, told apart by their first bytes (docs/PROTOCOL.md):
+// an HTTP request is a browser (the chat page, or a WebSocket); ten bytes of digits and spaces
+// are a frame header; anything else (a letter, a newline) is a line client such as nc or telnet.
+enum class Wire : unsigned char { unknown, frames, lines, http, websocket };
+
+// The wire a connection speaks from its first bytes, or unknown while more are needed.
+inline Wire detect_wire(std::string_view start) {
+    static constexpr std::string_view methods[] = {
+        "GET ", "HEAD ", "POST ", "PUT ", "DELETE ", "OPTIONS ", "PATCH ", "CONNECT ", "TRACE "};
+    bool maybe_http = false;
+    for (std::string_view method : methods) {
+        if (start.substr(0, method.size()) != method.substr(0, start.size())) continue;
+        if (start.size() >= method.size()) return Wire::http;
+        maybe_http = true;  // "GE" may become "GET "
+    }
+    for (std::size_t i = 0; i < std::min(start.size(), header_size); ++i)
+        if (start[i] != ' ' && (start[i] < '0' || start[i] > '9'))
+            return maybe_http ? Wire::unknown : Wire::lines;
+    return start.size() >= header_size ? Wire::frames : Wire::unknown;
+}
+
+// Turns the bytes of nc or telnet into lines: "\n" or "\r\n" ends one, empty lines are skipped,
+// telnet's IAC negotiation is dropped (even split across reads). A line over max_line bytes is
+// a protocol error, found before the rest of it is buffered.
+class LineDecoder {
+public:
+    explicit LineDecoder(std::size_t max_line = 4096) : max_line_(max_line) {}
+
+    // Calls on_line(line) for each whole line; on_line returns false to stop.
+    template <class OnLine>
+    void decode(const char* data, std::size_t size, OnLine&& on_line) {
+        for (std::size_t i = 0; i < size && !failed(); ++i) {
+            const unsigned char byte = static_cast<unsigned char>(data[i]);
+            switch (telnet_) {
+            case Telnet::data:
+                if (byte == '\n') {
+                    if (!line_.empty() && line_.back() == '\r') line_.pop_back();
+                    const bool more = line_.empty() || on_line(std::string_view(line_));
+                    if (line_.capacity() > 16384) std::string().swap(line_);
+                    else line_.clear();
+                    if (!more) return;
+                } else if (byte == 255) {
+                    telnet_ = Telnet::command;
+                } else {
+                    const std::size_t run = std::min<std::size_t>(plain_bytes(data + i, size - i),
+                                                                  max_line_ + 2 - line_.size());
+                    line_.append(data + i, run);
+                    i += run - 1;
+                    if (line_.size() > max_line_ + (line_.back() == '\r')) fail();
+                }
+                break;
+            case Telnet::command:  // IAC IAC is a data byte 255; WILL, WONT, DO, DONT take one more
+                telnet_ = byte >= 251 && byte <= 254 ? Telnet::option
+                          : byte == 250              ? Telnet::sub
+                                                     : Telnet::data;
+                if (byte == 255) line_ += '\xff';
+                break;
+            case Telnet::option: telnet_ = Telnet::data; break;
+            case Telnet::sub: telnet_ = byte == 255 ? Telnet::sub_command : Telnet::sub; break;
+            case Telnet::sub_command: telnet_ = byte == 240 ? Telnet::data : Telnet::sub; break;
+            }
+        }
+    }
+    bool failed() const { return !error_.empty(); }
+    const std::string& error() const { return error_; }
+    std::size_t buffered() const { return line_.size() + (telnet_ != Telnet::data); }
+
+private:
+    enum class Telnet : unsigned char { data, command, option, sub, sub_command };
+    static std::size_t plain_bytes(const char* p, std::size_t n) {
+        std::size_t k = 0;
+        while (k < n && p[k] != '\n' && p[k] != '\xff') ++k;
+        return k;
+    }
+    void fail() {
+        error_ = "line over " + std::to_string(max_line_) + " bytes";
+        std::string().swap(line_);
+    }
+    std::size_t max_line_;
+    std::string line_;
+    Telnet telnet_ = Telnet::data;
+    std::string error_;
+};
+
+namespace detail {
+// SHA-1 (RFC 3174), only for the WebSocket handshake: no secret depends on it.
+inline std::string sha1(std::string_view message) {
+    std::uint32_t h[5] = {0x67452301, 0xEFCDAB89, 0x98BADCFE, 0x10325476, 0xC3D2E1F0};
+    std::string m(message);
+    const std::uint64_t bits = static_cast<std::uint64_t>(message.size()) * 8;
+    m += '\x80';
+    while (m.size() % 64 != 56) m += '\0';
+    for (int i = 7; i >= 0; --i) m += static_cast<char>(bits >> (8 * i));
+    const auto rotl = [](std::uint32_t x, int n) { return (x << n) | (x >> (32 - n)); };
+    for (std::size_t block = 0; block < m.size(); block += 64) {
+        std::uint32_t w[80];
+        for (int t = 0; t < 16; ++t) {
+            const auto* p = reinterpret_cast<const unsigned char*>(m.data() + block + 4 * t);
+            w[t] = std::uint32_t(p[0]) << 24 | std::uint32_t(p[1]) << 16 | p[2] << 8 | p[3];
+        }
+        for (int t = 16; t < 80; ++t) w[t] = rotl(w[t - 3] ^ w[t - 8] ^ w[t - 14] ^ w[t - 16], 1);
+        std::uint32_t a = h[0], b = h[1], c = h[2], d = h[3], e = h[4];
+        for (int t = 0; t < 80; ++t) {
+            std::uint32_t f = b ^ c ^ d, k = t < 40 ? 0x6ED9EBA1 : 0xCA62C1D6;
+            if (t < 20) f = (b & c) | (~b & d), k = 0x5A827999;
+            if (t >= 40 && t < 60) f = (b & c) | (b & d) | (c & d), k = 0x8F1BBCDC;
+            const std::uint32_t next = rotl(a, 5) + f + e + k + w[t];
+            e = d, d = c, c = rotl(b, 30), b = a, a = next;
+        }
+        h[0] += a, h[1] += b, h[2] += c, h[3] += d, h[4] += e;
+    }
+    std::string digest;
+    for (std::uint32_t word : h)
+        for (int i = 3; i >= 0; --i) digest += static_cast<char>(word >> (8 * i));
+    return digest;
+}
+
+inline std::string base64(std::string_view bytes) {
+    static constexpr char digits[] =
+        "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    std::string out;
+    for (std::size_t i = 0; i < bytes.size(); i += 3) {
+        const std::size_t n = std::min<std::size_t>(3, bytes.size() - i);
+        std::uint32_t v = 0;
+        for (std::size_t k = 0; k < 3; ++k)
+            v = v << 8 | (k < n ? static_cast<unsigned char>(bytes[i + k]) : 0u);
+        for (std::size_t k = 0; k < 4; ++k) out += k <= n ? digits[(v >> (18 - 6 * k)) & 63] : '=';
+    }
+    return out;
+}
+}  // namespace detail
+
+// Turns a browser's WebSocket frames (RFC 6455) into whole text messages, put together from
+// fragments within max_message bytes. Client frames must be masked. A frame that announces more
+// than the limit is refused from its header, before any of it is buffered. On an error the
+// decoder stops; error() says why and close_code() is the code a close frame carries (1002
+// protocol error, 1003 binary data, 1007 invalid UTF-8, 1009 too big).
+class WebSocketDecoder {
+public:
+    enum Opcode : unsigned char { continuation = 0, text = 1, binary = 2, close = 8, ping, pong };
+    explicit WebSocketDecoder(std::size_t max_message = detail::default_max_payload)
+        : max_message_(max_message) {}
+
+    // Calls on_message(text) for each whole text message and on_control(opcode, payload) for a
+    // close, a ping or a pong; each returns false to stop.
+    template <class OnMessage, class OnControl>
+    void decode(const char* data, std::size_t size, OnMessage&& on_message,
+                OnControl&& on_control) {
+        if (failed()) return;
+        pending_.append(data, size);
+        std::size_t used = 0;
+        for (bool more = true; more && !failed();) {
+            const std::size_t frame = frame_size(used);
+            if (frame == 0) break;  // not all there yet (or refused)
+            more = take_frame(used, frame, on_message, on_control);
+            used += frame;
+        }
+        if (failed()) return std::string().swap(pending_);
+        pending_.erase(0, used);
+        if (pending_.empty() && pending_.capacity() > 16384) std::string().swap(pending_);
+    }
+    bool failed() const { return code_ != 0; }
+    const std::string& error() const { return error_; }
+    std::uint16_t close_code() const { return code_; }
+    std::size_t buffered() const { return pending_.size() + message_.size(); }
+
+private:
+    // The size of the whole frame starting at pending_[at], or 0 while it has not all arrived.
+    std::size_t frame_size(std::size_t at) {
+        const std::size_t have = pending_.size() - at;
+        if (have < 2) return 0;
+        const auto byte = [&](std::size_t k) {
+            return static_cast<unsigned char>(pending_[at + k]);
+        };
+        const unsigned op = byte(0) & 0x0F, length7 = byte(1) & 0x7F;
+        if (byte(0) & 0x70) return fail(1002, "reserved bits set");
+        if (!(byte(1) & 0x80)) return fail(1002, "an unmasked client frame");
+        if (op >= close && (!(byte(0) & 0x80) || length7 > 125))
+            return fail(1002, "a fragmented or oversized control frame");
+        if (op == binary) return fail(1003, "binary messages are not accepted");
+        if ((op > binary && op < close) || op > pong) return fail(1002, "an unknown opcode");
+        if (op < close && (op == continuation) != in_message_)
+            return fail(1002, in_message_ ? "a new message inside a fragmented one"
+                                          : "a continuation of nothing");
+        const std::size_t extra = length7 == 126 ? 2 : length7 == 127 ? 8 : 0;
+        if (have < 2 + extra) return 0;
+        std::uint64_t length = length7;
+        if (extra) length = 0;
+        for (std::size_t k = 0; k < extra; ++k) length = length << 8 | byte(2 + k);
+        if (op < close && length > max_message_ - message_.size())
+            return fail(1009, "a message over " + std::to_string(max_message_) + " bytes");
+        const std::size_t total = 2 + extra + 4 + static_cast<std::size_t>(length);
+        return have < total ? 0 : total;
+    }
+    template <class OnMessage, class OnControl>
+    bool take_frame(std::size_t at, std::size_t frame, OnMessage& on_message,
+                    OnControl& on_control) {
+        const char* p = pending_.data() + at;
+        const bool fin = static_cast<unsigned char>(p[0]) & 0x80;
+        const unsigned op = p[0] & 0x0F, length7 = p[1] & 0x7F;
+        const std::size_t start = 2 + (length7 == 126 ? 2 : length7 == 127 ? 8 : 0) + 4;
+        std::string unmasked(p + start, frame - start);
+        for (std::size_t k = 0; k < unmasked.size(); ++k) unmasked[k] ^= p[start - 4 + k % 4];
+        if (op >= close) return on_control(static_cast<Opcode>(op), std::string_view(unmasked));
+        message_ += unmasked;
+        in_message_ = !fin;
+        if (in_message_) return true;
+        if (!is_valid_utf8(message_)) return fail(1007, "a text message that is not UTF-8");
+        const bool more = on_message(std::string_view(message_));
+        message_.clear();
+        return more;
+    }
+    std::size_t fail(std::uint16_t code, std::string why) {
+        if (!code_) code_ = code, error_ = std::move(why);
+        std::string().swap(message_);
+        return 0;
+    }
+    std::size_t max_message_;
+    std::string pending_;  // frames not yet whole
+    std::string message_;  // the fragments so far of an unfinished message
+    bool in_message_ = false;
+    std::uint16_t code_ = 0;
+    std::string error_;
+};
+
+namespace detail {
+// One server frame: unmasked, final, with its length in 7, 16 or 64 bits.
+inline void append_websocket_frame(std::string& out, unsigned opcode, std::string_view payload) {
+    out += static_cast<char>(0x80 | opcode);
+    const std::uint64_t n = payload.size();
+    const int extra = n < 126 ? 0 : n <= 0xFFFF ? 2 : 8;
+    out += static_cast<char>(extra == 0 ? n : extra == 2 ? 126 : 127);
+    for (int k = extra - 1; k >= 0; --k) out += static_cast<char>(n >> (8 * k));
+    out.append(payload.data(), payload.size());
+}
+inline std::string websocket_close(std::uint16_t code) {
+    const char status[2] = {static_cast<char>(code >> 8), static_cast<char>(code & 0xFF)};
+    std::string frame;
+    append_websocket_frame(frame, WebSocketDecoder::close, std::string_view(status, 2));
+    return frame;
+}
+
+// A JSON string: quotes, backslashes and control characters escaped; invalid UTF-8 as U+FFFD.
+inline void append_json_string(std::string& out, std::string_view s) {
+    out += '"';
+    char32_t cp = 0;
+    for (std::size_t i = 0, n; i < s.size(); i += n) {
+        n = utf8_sequence(s, i, cp);
+        if (n == 0) n = 1, out += "\\ufffd";
+        else if (cp == '"' || cp == '\\') out += '\\', out += static_cast<char>(cp);
+        else if (cp >= 0x20) out.append(s.data() + i, n);
+        else {
+            char hex[8];
+            std::snprintf(hex, sizeof hex, "\\u%04x", unsigned(cp));
+            out += hex;
+        }
+    }
+    out += '"';
+}
+
+constexpr std::size_t max_http_request = 8192;  // request line and headers, in bytes
+
+// A complete HTTP/1.1 response that closes the connection.
+inline std::string http_response(std::string_view status, std::string_view type,
+                                 std::string_view body, std::string_view headers = {}) {
+    std::string out = "HTTP/1.1 ";
+    out.append(status).append("\r\nContent-Type: ").append(type);
+    out.append("\r\nContent-Length: ").append(std::to_string(body.size()));
+    out.append("\r\nConnection: close\r\nCache-Control: no-store\r\n").append(headers);
+    return out.append("\r\n").append(body);
+}
+inline std::string http_error(std::string_view status, std::string_view headers = {}) {
+    return http_response(status, "text/plain; charset=utf-8", std::string(status) + "\n", headers);
+}
+
+// The value of an HTTP header in a request ("" when absent); names ignore case.
+inline std::string_view header_value(std::string_view request, std::string_view name) {
+    for (std::size_t at = request.find('\n'); at != std::string_view::npos;) {
+        const std::size_t end = std::min(request.find('\n', at + 1), request.size());
+        std::string_view line = request.substr(at + 1, end - at - 1);
+        at = end < request.size() ? end : std::string_view::npos;
+        const std::size_t colon = line.find(':');
+        if (colon == std::string_view::npos || ascii_lower(line.substr(0, colon)) != name) continue;
+        line.remove_prefix(colon + 1);
+        while (!line.empty() && (line.front() == ' ' || line.front() == '\t'))
+            line.remove_prefix(1);
+        while (!line.empty() && (line.back() == ' ' || line.back() == '\t' || line.back() == '\r'))
+            line.remove_suffix(1);
+        return line;
+    }
+    return {};
+}
+// Whether a comma-separated header value holds `token`, in any case ("keep-alive, Upgrade").
+inline bool has_token(std::string_view value, std::string_view token) {
+    const std::string lower = ascii_lower(value);
+    for (std::size_t at = lower.find(token); at != std::string::npos;
+         at = lower.find(token, at + 1)) {
+        const std::size_t end = at + token.size();
+        const auto edge = [&](std::size_t k) {
+            return lower[k] == ',' || lower[k] == ' ' || lower[k] == '\t';
+        };
+        if ((at == 0 || edge(at - 1)) && (end == lower.size() || edge(end))) return true;
+    }
+    return false;
+}
+}  // namespace detail
+
+// What a whole HTTP request asks for: `response` is what to send; `upgrade` when it is a valid
+// WebSocket handshake for the chat (the connection then speaks WebSocket), else the connection
+// closes once `response` is sent. `page` is the chat page's HTML.
+struct HttpAnswer {
+    std::string response;
+    bool upgrade = false;
+};
+inline HttpAnswer answer_http(std::string_view request, std::string_view page) {
+    using detail::http_error;
+    const std::size_t line_end = request.find_first_of("\r\n");
+    const std::string_view line = request.substr(0, line_end);
+    const std::size_t sp1 = line.find(' '), sp2 = line.rfind(' ');
+    if (sp1 == std::string_view::npos || sp2 <= sp1 || line.substr(sp2 + 1, 7) != "HTTP/1.")
+        return {http_error("400 Bad Request")};
+    if (line.substr(0, sp1) != "GET")
+        return {http_error("405 Method Not Allowed", "Allow: GET\r\n")};
+    const std::string_view path = line.substr(sp1 + 1, sp2 - sp1 - 1);
+    if (path != "/" && path != "/index.html") return {http_error("404 Not Found")};
+    if (!detail::has_token(detail::header_value(request, "upgrade"), "websocket"))
+        return {detail::http_response("200 OK", "text/html; charset=utf-8", page)};
+    if (detail::header_value(request, "sec-websocket-version") != "13")
+        return {http_error("426 Upgrade Required", "Sec-WebSocket-Version: 13\r\n")};
+    const std::string_view key = detail::header_value(request, "sec-websocket-key");
+    const bool key_ok =
+        key.size() == 24 && key.substr(22) == "==" &&
+        key.find_first_not_of("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/") ==
+            22;
+    if (!key_ok || !detail::has_token(detail::header_value(request, "connection"), "upgrade"))
+        return {http_error("400 Bad Request")};
+    const std::string accept =
+        detail::base64(detail::sha1(std::string(key) + "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"));
+    return {
+        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        "Sec-WebSocket-Accept: " +
+            accept + "\r\n\r\n",
+        true};
+}
+
+namespace detail {
+// The chat page a browser gets at "/": it joins the room over a WebSocket on this same port.
+inline constexpr std::string_view chat_page = R"chatsock(<!doctype html>
+<html><head><meta charset="utf-8"><title>chatsock</title></head>
+<body><p>The chat page is on its way.</p></body></html>
+)chatsock";
+}  // namespace detail
+
+// ==== 5. Buffers: shared outgoing frames, per-connection output queues, the conversation log. ====
 // Frames encoded once and shared by every recipient's queue: a broadcast to 1,000 clients
 // costs one encoding and 1,000 reference counts, not 1,000 copies.
 using SharedBytes = std::shared_ptr<const std::string>;
@@ -1099,6 +1453,44 @@ inline SharedBytes encode_message(std::string_view from, std::string_view text) 
     detail::append_frame(*bytes, text);
     return bytes;
 }
+
+namespace detail {
+// One chat event in each wire format, each encoded at most once and shared by every recipient
+// that speaks it: frames (sender, text), a line ("alice: hi", "* notice") or a WebSocket JSON text.
+class Outgoing {
+public:
+    Outgoing(std::string_view from, std::string_view text, bool notice)
+        : from_(from), text_(text), notice_(notice) {}
+    const SharedBytes& as(Wire wire) {
+        const int slot = wire == Wire::lines ? 1 : wire == Wire::websocket ? 2 : 0;
+        if (!encoded_[slot]) encoded_[slot] = encode(slot);
+        return encoded_[slot];
+    }
+
+private:
+    SharedBytes encode(int slot) const {
+        if (slot == 0) return encode_message(from_, text_);
+        auto out = std::make_shared<std::string>();
+        if (slot == 1) {  // through printable(): no peer can send escapes to a terminal
+            if (notice_) *out += "* ";
+            else append_printable(*out, from_), *out += ": ";
+            append_printable(*out, text_);
+            *out += "\r\n";
+            return out;
+        }
+        std::string json = "{\"from\":";
+        append_json_string(json, from_);
+        json += ",\"text\":";
+        append_json_string(json, text_);
+        json += notice_ ? ",\"notice\":true}" : "}";
+        append_websocket_frame(*out, WebSocketDecoder::text, json);
+        return out;
+    }
+    std::string_view from_, text_;
+    bool notice_;
+    SharedBytes encoded_[3];
+};
+}  // namespace detail
 
 // What a connection still has to send, in one vectored send per call. The chunks live in a
 // vector read from `head_` on, so a queue that keeps being filled and drained allocates nothing.
@@ -1230,7 +1622,7 @@ private:
     bool failed_ = false;
 };
 
-// ==== 5. Server ==================================================================================
+// ==== 6. Server ==================================================================================
 class Server;
 namespace detail {
 inline std::atomic<Server*> ctrl_c_target{nullptr};  // see stop_on_ctrl_c()
@@ -1245,10 +1637,12 @@ struct ServerOptions {
     std::string server_name = "server";  // reserved sender name of server notices
     std::size_t max_payload = detail::default_max_payload;
     std::size_t max_name_bytes = detail::default_max_name_bytes;
-    std::size_t max_clients = 10000;        // more are told so and closed; fitted to `ulimit -n`
-    std::size_t announce_up_to = 1000;      // joins and leaves are announced up to this many users
-    milliseconds handshake_timeout{10000};  // to send a username after connecting
-    milliseconds frame_timeout{30000};      // for a frame to arrive whole once it has begun
+    std::size_t max_line = 4096;        // a line client's longest line (never over max_payload)
+    bool web = true;                    // the chat page and WebSocket clients, on this same port
+    std::size_t max_clients = 10000;    // more are told so and closed; fitted to `ulimit -n`
+    std::size_t announce_up_to = 1000;  // joins and leaves are announced up to this many users
+    milliseconds handshake_timeout{10000};     // to send a username after connecting
+    milliseconds frame_timeout{30000};         // for a frame to arrive whole once it has begun
     std::size_t output_hard_limit = 8u << 20;  // queued bytes: over it, disconnect at once
     std::size_t output_soft_limit = 1u << 20;  // over it for soft_limit_time: disconnect
     milliseconds soft_limit_time{10000};
@@ -1264,8 +1658,9 @@ struct ServerOptions {
 // What callbacks learn about a client.
 struct ClientInfo {
     ClientId id;
-    std::string name;  // the username once joined; empty before
-    std::string peer;  // "127.0.0.1:50312"
+    std::string name;           // the username once joined; empty before
+    std::string peer;           // "127.0.0.1:50312"
+    Wire wire = Wire::unknown;  // frames, lines or websocket, once its first bytes have said
 };
 
 class Server {
@@ -1332,11 +1727,11 @@ public:
     }
     // Sends one message to one client (from the server's name unless `from` is given).
     void send_to(ClientId id, std::string_view text, std::string_view from = {}) {
-        if (Connection* c = live(id)) enqueue(*c, encode_message(sender(from), text));
+        if (Connection* c = live(id)) enqueue(*c, event(from, text).as(c->info.wire));
     }
     // Sends one message to every joined client except `except`.
     void broadcast(std::string_view text, std::string_view from = {}, ClientId except = no_client) {
-        relay(encode_message(sender(from), text), except);
+        relay(event(from, text), except);
     }
     // Closes a client's connection after telling it why.
     void disconnect(ClientId id, std::string_view reason) {
@@ -1364,6 +1759,12 @@ private:
     //              dead ◄── close_now() from any state: a reset, an error, a limit
     //                       (a joined user leaves the room first); removed at the end of the turn
     enum class State { naming, joined, closing };
+    // The decoders of the other wire formats, made only for the connections that speak them.
+    struct OtherWire {
+        LineDecoder lines;
+        WebSocketDecoder websocket;
+        std::string request;  // an HTTP request, until it is whole
+    };
     static constexpr Clock::time_point never = Clock::time_point::max();
     struct Connection : detail::Link {
         explicit Connection(std::size_t max_payload) : Link(max_payload) {}
@@ -1376,13 +1777,18 @@ private:
         bool dirty = false;                     // has output to try at the end of this turn
         bool dead = false;                      // to be closed at the end of this turn
         std::string leave_reason;
-        std::size_t member_slot = 0;  // index in members_ when joined
+        std::size_t member_slot = 0;       // index in members_ when joined
+        std::string first_bytes;           // while its wire is unknown
+        std::unique_ptr<OtherWire> other;  // made for a client that does not speak frames
     };
     void say(const std::string& line) const {
         if (options_.diagnostics) options_.diagnostics(line);
     }
-    std::string_view sender(std::string_view from) const {
-        return from.empty() ? std::string_view(options_.server_name) : from;
+    // A message from `from`; a notice from the server when it is empty or the server's name.
+    detail::Outgoing event(std::string_view from, std::string_view text) const {
+        const bool notice = from.empty() || from == options_.server_name;
+        return detail::Outgoing(notice ? std::string_view(options_.server_name) : from, text,
+                                notice);
     }
     static std::string address_of(const std::string& host, std::uint16_t port) {
         const bool v6 = host.find(':') != std::string::npos;
@@ -1460,26 +1866,114 @@ private:
             const bool drained = n < sizeof buf && !hangup;
             if (c.state == State::closing) continue;  // discard: we are only waiting for EOF
             bool completed = false;
-            c.input.decode(buf, n, [&](std::string_view frame) {  // frames straight from buf
-                handle_frame(c, frame);
+            auto on_payload = [&](std::string_view payload) {  // straight from buf, mostly
+                handle_frame(c, payload);
                 completed = true;
                 return c.state != State::closing && !c.dead;
-            });
+            };
+            decode(c, buf, n, on_payload);
             if (c.dead) return;
-            if (c.input.failed()) {
-                const std::string why = "protocol error: " + c.input.error();
+            if (const std::string* error = input_error(c)) {
+                const std::string why = "protocol error: " + *error;
                 log_.add("error", c.info.name.empty() ? c.info.peer : c.info.name, why);
                 if (c.state == State::naming) say("refused " + c.info.peer + ": " + why);
-                return refuse(c, why);
+                const bool web = c.info.wire == Wire::websocket;
+                return refuse(c, why, web ? c.other->websocket.close_code() : 1008);
             }
             track_partial_frame(c, completed);
             if (drained) return;
         }
     }
+    // Hands what arrived to the decoder of the connection's wire, which its first bytes pick.
+    template <class OnPayload>
+    void decode(Connection& c, const char* data, std::size_t size, OnPayload& on_payload) {
+        if (c.info.wire == Wire::unknown) {
+            const std::size_t take = std::min(size, header_size - c.first_bytes.size());
+            c.first_bytes.append(data, take);
+            if ((c.info.wire = detect_wire(c.first_bytes)) == Wire::unknown) return;
+            if (c.info.wire == Wire::http && !options_.web) {
+                log_.add("refused", c.info.peer, "an HTTP request, and the web side is off");
+                return close_now(c, "HTTP is off");
+            }
+            if (c.info.wire != Wire::frames)
+                c.other.reset(
+                    new OtherWire{LineDecoder(std::min(options_.max_line, options_.max_payload)),
+                                  WebSocketDecoder(options_.max_payload), std::string()});
+            const std::string first = std::move(c.first_bytes);
+            std::string().swap(c.first_bytes);
+            decode(c, first.data(), first.size(), on_payload);
+            if (c.state == State::closing || c.dead) return;
+            data += take, size -= take;
+        }
+        switch (c.info.wire) {
+        case Wire::frames: return c.input.decode(data, size, on_payload);
+        case Wire::lines: return c.other->lines.decode(data, size, on_payload);
+        case Wire::http: return read_request(c, data, size, on_payload);
+        default:
+            return c.other->websocket.decode(
+                data, size, on_payload, [&](WebSocketDecoder::Opcode op, std::string_view body) {
+                    return websocket_control(c, op, body);
+                });
+        }
+    }
+    // An HTTP request: once whole, the page or an error is sent (then the connection closes),
+    // or the connection upgrades to WebSocket and what follows the request is its first frames.
+    template <class OnPayload>
+    void read_request(Connection& c, const char* data, std::size_t size, OnPayload& on_payload) {
+        std::string& request = c.other->request;
+        const std::size_t had = request.size();
+        request.append(data, std::min(size, detail::max_http_request - had));
+        std::size_t end = had < 3 ? 0 : had - 3;  // just past the blank line that ends it
+        while ((end = request.find('\n', end)) != std::string::npos && ++end < request.size())
+            if (request[end] == '\n' || (request[end] == '\r' && end + 1 < request.size() &&
+                                         request[end + 1] == '\n' && ++end))
+                break;
+        if (end == std::string::npos || end >= request.size()) {
+            if (request.size() < detail::max_http_request) return;
+            log_.add("refused", c.info.peer, "an HTTP request over 8192 bytes");
+            return respond(c, detail::http_error("431 Request Header Fields Too Large"));
+        }
+        HttpAnswer answer =
+            answer_http(std::string_view(request).substr(0, ++end), detail::chat_page);
+        if (!answer.upgrade) return respond(c, std::move(answer.response));
+        enqueue(c, std::make_shared<const std::string>(std::move(answer.response)));
+        c.info.wire = Wire::websocket;
+        const std::size_t used = end - had;
+        std::string().swap(request);
+        decode(c, data + used, size - used, on_payload);
+    }
+    // Sends an HTTP response, then closes.
+    void respond(Connection& c, std::string response) {
+        enqueue(c, std::make_shared<const std::string>(std::move(response)));
+        if (!c.dead) begin_closing(c, "HTTP");
+    }
+    bool websocket_control(Connection& c, WebSocketDecoder::Opcode op, std::string_view body) {
+        if (op == WebSocketDecoder::ping) {
+            auto pong = std::make_shared<std::string>();
+            detail::append_websocket_frame(*pong, WebSocketDecoder::pong, body);
+            enqueue(c, std::move(pong));
+        }
+        if (op != WebSocketDecoder::close) return !c.dead;
+        const auto byte = [&](std::size_t k) { return static_cast<unsigned char>(body[k]); };
+        begin_closing(c, "left", body.size() >= 2 ? std::uint16_t(byte(0) << 8 | byte(1)) : 1000);
+        return false;
+    }
+    std::size_t buffered(const Connection& c) const {
+        if (c.info.wire == Wire::frames) return c.input.buffered();
+        if (c.info.wire == Wire::lines) return c.other->lines.buffered();
+        return c.info.wire == Wire::websocket ? c.other->websocket.buffered() : 0;
+    }
+    const std::string* input_error(const Connection& c) const {
+        if (c.info.wire == Wire::frames) return c.input.failed() ? &c.input.error() : nullptr;
+        if (c.info.wire == Wire::lines)
+            return c.other->lines.failed() ? &c.other->lines.error() : nullptr;
+        if (c.info.wire != Wire::websocket || !c.other->websocket.failed()) return nullptr;
+        return &c.other->websocket.error();
+    }
     // A frame must arrive whole within frame_timeout of its first byte: a client that stalls
     // mid-frame (slowloris) holds a buffer and a descriptor, so it is dropped.
     void track_partial_frame(Connection& c, bool completed_one) {
-        const bool partial = c.state == State::joined && c.input.buffered() > 0;
+        const bool partial = c.state == State::joined && buffered(c) > 0;
         if (!partial) {
             c.frame_until = never;
         } else if (c.frame_until == never || completed_one) {  // a new frame has begun
@@ -1499,7 +1993,7 @@ private:
     }
     void deliver(Connection& c, std::string_view text) {
         log_.add("message", c.info.name, text);
-        relay(encode_message(c.info.name, text), c.info.id);
+        relay(detail::Outgoing(c.info.name, text, false), c.info.id);
     }
     void handle_username(Connection& c, std::string_view frame) {
         std::string name(frame);
@@ -1531,10 +2025,10 @@ private:
     // Joins and leaves are announced only in rooms this small: N joins would cost N²/2 notices.
     bool announced(std::size_t room) const { return room <= options_.announce_up_to; }
     // ---- writing --------------------------------------------------------------------------
-    void relay(const SharedBytes& bytes, ClientId except) {
+    void relay(detail::Outgoing&& message, ClientId except) {
         // A member enqueue() cuts off stays in members_ (dead) until the end of the turn.
         for (Connection* m : members_)
-            if (m->info.id != except && !m->dead) enqueue(*m, bytes);
+            if (m->info.id != except && !m->dead) enqueue(*m, message.as(m->info.wire));
     }
     void enqueue(Connection& c, SharedBytes bytes) {
         c.output.push(std::move(bytes));
@@ -1566,19 +2060,21 @@ private:
     }
     // ---- closing: the verbs of the state machine above ------------------------------------
     // Tells a client why, then closes gracefully.
-    void refuse(Connection& c, std::string reason) {
+    void refuse(Connection& c, std::string reason, std::uint16_t close_code = 1008) {
         if (c.dead || c.state == State::closing) return;
-        enqueue(c, encode_message(options_.server_name, reason));
-        if (!c.dead) begin_closing(c, std::move(reason));
+        enqueue(c, event({}, reason).as(c.info.wire));
+        if (!c.dead) begin_closing(c, std::move(reason), close_code);
     }
     // -> closing: a joined user leaves the room now; the connection lives on until its queue
     // is sent and the peer has closed, a second at most.
-    void begin_closing(Connection& c, std::string reason) {
+    void begin_closing(Connection& c, std::string reason, std::uint16_t close_code = 1000) {
         if (c.state == State::joined) leave_room(c, reason);
         c.state = State::closing;
         c.leave_reason = std::move(reason);
         c.state_until = Clock::now() + milliseconds(1000);
         schedule(c);
+        if (c.info.wire == Wire::websocket)  // a browser is told with a close frame too
+            enqueue(c, std::make_shared<const std::string>(detail::websocket_close(close_code)));
     }
     // The peer sent all it will (it may still read): deliver what is queued for it, then close.
     void peer_finished(Connection& c) {
@@ -1651,6 +2147,8 @@ private:
         if (c.state == State::naming) {
             log_.add("refused", c.info.peer, "no username in time");
             say("refused " + c.info.peer + ": no username in time");
+            if (c.info.wire == Wire::http)
+                return respond(c, detail::http_error("408 Request Timeout"));
             refuse(c, "no username within " + std::to_string(options_.handshake_timeout.count()) +
                           " ms");
         } else if (c.state == State::closing) {
@@ -1715,9 +2213,12 @@ private:
                 log_.add("leave", c.info.name, "server stopping");
                 if (on_leave) on_leave(c.info, "server stopping");
             }
+            const bool told = c.state == State::closing;  // a browser has its close frame then
             c.state = State::closing;
             c.leave_reason = "server stopping";
             c.state_until = deadline;
+            if (c.info.wire == Wire::websocket && !told)
+                enqueue(c, std::make_shared<const std::string>(detail::websocket_close(1001)));
             schedule(c);  // an earlier entry finds, when it fires, that this one is due later
             mark_dirty(c);
         }
@@ -1762,7 +2263,7 @@ inline void stop_on_ctrl_c(Server& server) {
     detail::catch_stop_signals();
 }
 
-// ==== 6. Client ==================================================================================
+// ==== 7. Client ==================================================================================
 // One message as a client receives it.
 struct Message {
     std::string from;  // the sender's username, or the server's reserved name for a notice

@@ -72,7 +72,7 @@ class Refusals(ChatTestCase):
         server, port = self.start_server()
         s = self.raw_connect(port)
         here = s.getsockname()[1]
-        s.sendall(b"-1        ")  # a header, but not a length
+        s.sendall(b"1 2       ")  # digits and spaces (a frame client), but not a length
         server.wait_for(f"refused 127.0.0.1:{here}: protocol error: bad frame header")
         recv_until_closed(s)
         line = next(x for x in server.lines() if f"127.0.0.1:{here}" in x)

@@ -683,17 +683,19 @@ TEST_SUITE("server") {
             RawPeer mallory;
             mallory.connect(chat.port);
             const std::string peer = peer_of(mallory.get());
-            REQUIRE(mallory.send("-1        "));
+            // Digits and spaces: a frame client (a '-' would make it a line client, whose
+            // first line has not ended).
+            REQUIRE(mallory.send("1 2       "));
             REQUIRE(cst::pump(
                 chat.server, [&] { return mallory.ended(); }, mallory, alice, bob));
             REQUIRE(mallory.messages.size() == 1);
-            CHECK(mallory.messages[0].text == "protocol error: bad frame header \"-1        \"");
+            CHECK(mallory.messages[0].text == "protocol error: bad frame header \"1 2       \"");
             CHECK(leaves.empty());  // never joined
             // Logged under its address, as it has no name yet.
             const auto row = log_row(chat.options.log_path, "error");
             REQUIRE(row.size() == 4);
             CHECK(row[2] == peer);
-            CHECK(row[3] == "protocol error: bad frame header \"-1        \"");
+            CHECK(row[3] == "protocol error: bad frame header \"1 2       \"");
         }
         SUBCASE("a header over the payload limit, refused before the payload") {
             RawPeer mallory;

