@@ -1435,9 +1435,112 @@ inline HttpAnswer answer_http(std::string_view request, std::string_view page) {
 
 namespace detail {
 // The chat page a browser gets at "/": it joins the room over a WebSocket on this same port.
-inline constexpr std::string_view chat_page = R"chatsock(<!doctype html>
-<html><head><meta charset="utf-8"><title>chatsock</title></head>
-<body><p>The chat page is on its way.</p></body></html>
+inline constexpr std::string_view chat_page = R"chatsock(<!DOCTYPE html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>chatsock</title>
+<style>
+  /* One column that fits a phone: the log takes whatever height the forms leave. */
+  html, body { height: 100%; margin: 0; box-sizing: border-box; }
+  body { display: flex; flex-direction: column; max-width: 42rem; margin: 0 auto;
+         padding: .75rem; font: 16px/1.4 system-ui, sans-serif; background: #f6f7f9; }
+  h1 { font-size: 1.25rem; margin: 0; }
+  #status { color: #667; font-size: .9rem; margin: .1rem 0 .5rem; }
+  #log { flex: 1; overflow-y: auto; padding: .5rem .75rem; background: #fff;
+         border: 1px solid #dde; border-radius: 8px; }
+  /* pre-wrap keeps a message's spaces; anywhere breaks a long word instead of widening. */
+  .msg, .notice { margin: .2rem 0; white-space: pre-wrap; overflow-wrap: anywhere; }
+  .msg b { color: #2456b3; } .mine b { color: #1f7a3f; }
+  .notice { color: #778; font-style: italic; }
+  form { display: flex; gap: .5rem; margin-top: .5rem; }
+  input, button { font: inherit; padding: .45rem .75rem; border-radius: 8px; }
+  input { flex: 1; min-width: 0; border: 1px solid #bbc; }
+  input:focus { outline: 2px solid #2456b3; outline-offset: -1px; }
+  button { border: 0; background: #2456b3; color: #fff; }
+  button:disabled { background: #99a; }
+  [hidden] { display: none; } /* beats "form { display: flex }" above */
+</style>
+</head>
+<body>
+<h1>chatsock</h1>
+<div id="status">not connected</div>
+<div id="log" aria-live="polite"></div>
+<!-- Forms, so that Enter submits them: the browser does that for us. -->
+<form id="join-form">
+  <input id="name" placeholder="your name" autocomplete="nickname" autofocus>
+  <button id="join">Join</button>
+</form>
+<form id="chat-form" hidden>
+  <input id="text" placeholder="say something" autocomplete="off">
+  <button id="send">Send</button>
+</form>
+<script>
+const $ = (id) => document.getElementById(id);
+let ws = null, me = "";  // the WebSocket while there is one; our name, for our own lines
+
+// One chat event = one line in #log. Received text only ever goes through textContent
+// (never innerHTML), so a message like "<img onerror=...>" shows as the text it is.
+function show(kind, from, text) {
+  const line = document.createElement("div");
+  line.className = kind;
+  if (kind === "notice") {
+    line.textContent = "* " + text;
+  } else {
+    const who = document.createElement("b");
+    who.textContent = from;
+    line.append(who, ": " + text);  // append() turns a string into a text node
+  }
+  $("log").append(line);
+  $("log").scrollTop = $("log").scrollHeight;  // keep the newest line in view
+}
+function joined(yes) {
+  $("join-form").hidden = yes;
+  $("chat-form").hidden = !yes;
+  $(yes ? "text" : "name").focus();
+}
+
+$("join-form").addEventListener("submit", (event) => {
+  event.preventDefault();  // a form would reload the page; we only want its Enter key
+  me = $("name").value.trim();
+  if (!me || ws) return;
+  // The chat is on this page's own port: ws:// here, wss:// if a proxy serves us https.
+  const scheme = location.protocol === "https:" ? "wss://" : "ws://";
+  ws = new WebSocket(scheme + location.host + "/");
+  $("join").disabled = true;
+  $("status").textContent = "connecting...";
+  ws.onopen = () => {
+    ws.send(me);  // the first text message is our name; the server answers with a notice
+    $("status").textContent = "connected as " + me;
+    joined(true);
+  };
+  // The server sends one JSON object per message: {"from", "text"} and, for its own
+  // notices (welcome, joined, left, refusals), "notice": true.
+  ws.onmessage = (event) => {
+    const m = JSON.parse(event.data);
+    show(m.notice ? "notice" : "msg", m.from, m.text);
+  };
+  ws.onclose = (event) => {
+    const why = event.reason || (event.code === 1000 ? "" : "code " + event.code);
+    $("status").textContent = "disconnected" + (why ? ": " + why : "");
+    show("notice", "", "connection closed" + (why ? " (" + why + ")" : ""));
+    ws = null; $("join").disabled = false;
+    joined(false);  // so one can join again, perhaps under another name
+  };
+});
+
+$("chat-form").addEventListener("submit", (event) => {
+  event.preventDefault();
+  const text = $("text").value;
+  if (!text.trim() || !ws || ws.readyState !== WebSocket.OPEN) return;
+  ws.send(text);
+  show("msg mine", me, text);  // the server relays to the others only, so show it here
+  $("text").value = "";
+});
+</script>
+</body>
+</html>
 )chatsock";
 }  // namespace detail
 
