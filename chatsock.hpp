@@ -1132,18 +1132,16 @@ public:
                 } else if (byte == 255) {
                     telnet_ = Telnet::command;
                 } else {
-                    const std::size_t run = std::min<std::size_t>(plain_bytes(data + i, size - i),
-                                                                  max_line_ + 2 - line_.size());
-                    line_.append(data + i, run);
+                    const std::size_t run = plain_bytes(data + i, size - i);
+                    append(data + i, run);
                     i += run - 1;
-                    if (line_.size() > max_line_ + (line_.back() == '\r')) fail();
                 }
                 break;
             case Telnet::command:  // IAC IAC is a data byte 255; WILL, WONT, DO, DONT take one more
                 telnet_ = byte >= 251 && byte <= 254 ? Telnet::option
                           : byte == 250              ? Telnet::sub
                                                      : Telnet::data;
-                if (byte == 255) line_ += '\xff';
+                if (byte == 255) append("\xff", 1);
                 break;
             case Telnet::option: telnet_ = Telnet::data; break;
             case Telnet::sub: telnet_ = byte == 255 ? Telnet::sub_command : Telnet::sub; break;
@@ -1162,7 +1160,10 @@ private:
         while (k < n && p[k] != '\n' && p[k] != '\xff') ++k;
         return k;
     }
-    void fail() {
+    // Adds to the line, never past the limit (plus a '\r' that may end it): over it, fails.
+    void append(const char* p, std::size_t n) {
+        line_.append(p, std::min(n, max_line_ + 2 - line_.size()));
+        if (line_.size() <= max_line_ + (line_.back() == '\r')) return;
         error_ = "line over " + std::to_string(max_line_) + " bytes";
         std::string().swap(line_);
     }
