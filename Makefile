@@ -117,8 +117,8 @@ $(BIN)/fuzz_%: fuzz/fuzz_%.cpp fuzz/reference.hpp chatsock.hpp | $(BIN)
 	@echo "== building the fuzz target fuzz_$* (clang, libFuzzer + ASan + UBSan)"
 	$(FUZZ_CXX) $(FUZZFLAGS) $< -o $@
 
-fuzz: $(BIN)/fuzz_decoder $(BIN)/fuzz_server_input
-	@for pair in decoder:decoder server_input:server; do \
+fuzz: $(BIN)/fuzz_decoder $(BIN)/fuzz_server_input $(BIN)/fuzz_wire
+	@for pair in decoder:decoder server_input:server wire:wire; do \
 	    target=$${pair%%:*}; work=$(FUZZ_WORK)/$${pair##*:}; log=$(FUZZ_WORK)/$$target.log; \
 	    mkdir -p $$work && cp fuzz/corpus/$${pair##*:}/* $$work/; \
 	    echo "== fuzz_$$target, $(FUZZ_SECONDS) s"; \

@@ -1290,10 +1290,12 @@ private:
         const bool fin = static_cast<unsigned char>(p[0]) & 0x80;
         const unsigned op = p[0] & 0x0F, length7 = p[1] & 0x7F;
         const std::size_t start = 2 + (length7 == 126 ? 2 : length7 == 127 ? 8 : 0) + 4;
-        std::string unmasked(p + start, frame - start);
-        for (std::size_t k = 0; k < unmasked.size(); ++k) unmasked[k] ^= p[start - 4 + k % 4];
-        if (op >= close) return on_control(static_cast<Opcode>(op), std::string_view(unmasked));
-        message_ += unmasked;
+        std::string control;  // a control frame's payload, kept apart from a message's fragments
+        std::string& into = op >= close ? control : message_;
+        const std::size_t from = into.size();
+        into.append(p + start, frame - start);
+        for (std::size_t k = from; k < into.size(); ++k) into[k] ^= p[start - 4 + (k - from) % 4];
+        if (op >= close) return on_control(static_cast<Opcode>(op), std::string_view(control));
         in_message_ = !fin;
         if (in_message_) return true;
         if (!is_valid_utf8(message_)) return fail(1007, "a text message that is not UTF-8");
@@ -1565,24 +1567,25 @@ class Outgoing {
 public:
     Outgoing(std::string_view from, std::string_view text, bool notice)
         : from_(from), text_(text), notice_(notice) {}
-    const SharedBytes& as(Wire wire) {
+    const SharedBytes& as(Wire wire) {  // (a connection not yet decided gets frames)
         const int slot = wire == Wire::lines ? 1 : wire == Wire::websocket ? 2 : 0;
-        if (!encoded_[slot]) encoded_[slot] = encode(slot);
+        if (!encoded_[slot]) encoded_[slot] = slot ? encode(wire) : encode_message(from_, text_);
         return encoded_[slot];
     }
 
 private:
-    SharedBytes encode(int slot) const {
-        if (slot == 0) return encode_message(from_, text_);
+    SharedBytes encode(Wire wire) const {
         auto out = std::make_shared<std::string>();
-        if (slot == 1) {  // through printable(): no peer can send escapes to a terminal
+        if (wire == Wire::lines) {  // through printable(): no peer can send escapes to a terminal
             if (notice_) *out += "* ";
             else append_printable(*out, from_), *out += ": ";
             append_printable(*out, text_);
             *out += "\r\n";
             return out;
         }
-        std::string json = "{\"from\":";
+        std::string json;
+        json.reserve(32 + from_.size() + text_.size());
+        json += "{\"from\":";
         append_json_string(json, from_);
         json += ",\"text\":";
         append_json_string(json, text_);
@@ -1592,7 +1595,7 @@ private:
     }
     std::string_view from_, text_;
     bool notice_;
-    SharedBytes encoded_[3];
+    SharedBytes encoded_[3];  // frames, lines, websocket
 };
 }  // namespace detail
 
@@ -1802,8 +1805,7 @@ public:
     // Serves until stop() (or exit_when_empty's last leave), then says goodbye, drains, closes.
     std::error_code run() {
         if (auto ec = listening_ ? std::error_code() : listen()) return ec;
-        while (!stop_requested_.load() &&
-               !(options_.exit_when_empty && had_users_ && members_.empty()))
+        while (!stop_requested_.load() && !(options_.exit_when_empty && had_users_ && joined_ == 0))
             if (auto ec = run_once(milliseconds(-1))) return ec;
         shut_down();
         return {};
@@ -1841,11 +1843,12 @@ public:
     void disconnect(ClientId id, std::string_view reason) {
         if (Connection* c = live(id)) refuse(*c, std::string(reason));
     }
-    std::size_t client_count() const { return members_.size(); }  // joined users
+    std::size_t client_count() const { return joined_; }  // joined users
     std::size_t connection_count() const { return connections_.size(); }
     std::vector<ClientInfo> clients() const {
         std::vector<ClientInfo> out;
-        for (const Connection* c : members_) out.push_back(c->info);
+        for (const auto& group : members_)
+            for (const Connection* c : group) out.push_back(c->info);
         return out;
     }
     const ServerOptions& options() const { return options_; }
@@ -1881,7 +1884,7 @@ private:
         bool dirty = false;                     // has output to try at the end of this turn
         bool dead = false;                      // to be closed at the end of this turn
         std::string leave_reason;
-        std::size_t member_slot = 0;       // index in members_ when joined
+        std::size_t member_slot = 0;       // index in its group of members_ when joined
         std::string first_bytes;           // while its wire is unknown
         std::unique_ptr<OtherWire> other;  // made for a client that does not speak frames
     };
@@ -2058,8 +2061,12 @@ private:
             enqueue(c, std::move(pong));
         }
         if (op != WebSocketDecoder::close) return !c.dead;
+        // Its code comes back, if it is one a peer may send (RFC 6455, 7.4); else 1002.
         const auto byte = [&](std::size_t k) { return static_cast<unsigned char>(body[k]); };
-        begin_closing(c, "left", body.size() >= 2 ? std::uint16_t(byte(0) << 8 | byte(1)) : 1000);
+        const unsigned code = body.empty() ? 1000 : body.size() < 2 ? 0 : byte(0) << 8 | byte(1);
+        const bool valid = (code >= 1000 && code <= 1003) || (code >= 1007 && code <= 1011) ||
+                           (code >= 3000 && code <= 4999);
+        begin_closing(c, "left", static_cast<std::uint16_t>(valid ? code : 1002));
         return false;
     }
     std::size_t buffered(const Connection& c) const {
@@ -2112,13 +2119,15 @@ private:
         names_in_use_.insert(detail::ascii_lower(name));
         c.info.name = std::move(name);
         c.state = State::joined;
-        c.member_slot = members_.size();
-        members_.push_back(&c);
+        auto& group = members_[group_of(c.info.wire)];
+        c.member_slot = group.size();
+        group.push_back(&c);
+        ++joined_;
         had_users_ = true;
         log_.add("join", c.info.name, c.info.peer);
         say(printable(c.info.name) + " joined from " + c.info.peer);
-        const std::size_t others = members_.size() - 1;
-        const bool announce = announced(members_.size());
+        const std::size_t others = joined_ - 1;
+        const bool announce = announced(joined_);
         send_to(c.info.id,
                 "welcome, " + c.info.name + "! " + std::to_string(others) +
                     (others == 1 ? " other user" : " other users") + " online" +
@@ -2126,16 +2135,32 @@ private:
         if (announce) broadcast(c.info.name + " joined", {}, c.info.id);
         if (on_join) on_join(c.info);
     }
+    static std::size_t group_of(Wire wire) {
+        return wire == Wire::lines ? 1 : wire == Wire::websocket ? 2 : 0;
+    }
     // Joins and leaves are announced only in rooms this small: N joins would cost N²/2 notices.
     bool announced(std::size_t room) const { return room <= options_.announce_up_to; }
     // ---- writing --------------------------------------------------------------------------
+    // Each wire format's encoding is made once, for its group of members, if it has any.
     void relay(detail::Outgoing&& message, ClientId except) {
-        // A member enqueue() cuts off stays in members_ (dead) until the end of the turn.
-        for (Connection* m : members_)
-            if (m->info.id != except && !m->dead) enqueue(*m, message.as(m->info.wire));
+        static constexpr Wire group_wire[] = {Wire::frames, Wire::lines, Wire::websocket};
+        for (std::size_t g = 0; g < 3; ++g) {
+            if (members_[g].empty()) continue;
+            const SharedBytes& bytes = message.as(group_wire[g]);
+            // A member enqueue() cuts off stays in members_ (dead) until the end of the turn.
+            for (Connection* m : members_[g])
+                if (m->info.id != except && !m->dead) enqueue(*m, bytes);
+        }
     }
-    void enqueue(Connection& c, SharedBytes bytes) {
-        c.output.push(std::move(bytes));
+    void enqueue(Connection& c, const SharedBytes& bytes) {
+        c.output.push(bytes);
+        const std::size_t queued = c.output.size_bytes();
+        if (queued > options_.output_soft_limit || queued > options_.output_hard_limit)
+            return over_limits(c);  // rare: kept out of the relay loop
+        mark_dirty(c);
+    }
+    // The queue has passed the soft limit (its deadline starts) or the hard one (cut off now).
+    void over_limits(Connection& c) {
         const std::size_t hard = options_.output_hard_limit;
         if (c.output.size_bytes() > hard) {
             // Before calling this client slow, give it what its socket takes now (log first).
@@ -2200,16 +2225,17 @@ private:
     // on_leave is called.
     void leave_room(Connection& c, const std::string& reason) {
         c.state = State::closing;
-        members_[c.member_slot] = members_.back();  // the last one fills the hole
-        members_[c.member_slot]->member_slot = c.member_slot;
-        members_.pop_back();
+        auto& group = members_[group_of(c.info.wire)];
+        group[c.member_slot] = group.back();  // the last one fills the hole
+        group[c.member_slot]->member_slot = c.member_slot;
+        group.pop_back();
+        --joined_;
         names_in_use_.erase(detail::ascii_lower(c.info.name));
         log_.add("leave", c.info.name, reason);
         const std::string notice =
             c.info.name + (reason == "left" ? " left" : " left (" + reason + ")");
         say(printable(notice));
-        if (announced(members_.size() + 1))
-            broadcast(notice);  // the room still counting the leaver
+        if (announced(joined_ + 1)) broadcast(notice);  // the room still counting the leaver
         if (on_leave) on_leave(c.info, reason);
     }
     // ---- deadlines ------------------------------------------------------------------------
@@ -2305,8 +2331,9 @@ private:
         poller_.remove(listener_.get());
         listener_.close();
         // Messages that reached us before the stop are still relayed and logged.
-        for (Connection* c : std::vector<Connection*>(members_))
-            if (!c->dead && c->state == State::joined) read_from(*c, false);
+        for (const ClientInfo& member : clients())
+            if (Connection* c = live(member.id); c && c->state == State::joined)
+                read_from(*c, false);
         finish_iteration();
         broadcast("the server is stopping");
         const auto deadline = Clock::now() + options_.stop_drain_time;
@@ -2326,7 +2353,8 @@ private:
             schedule(c);  // an earlier entry finds, when it fires, that this one is due later
             mark_dirty(c);
         }
-        members_.clear();
+        for (auto& group : members_) group.clear();
+        joined_ = 0;
         names_in_use_.clear();
         finish_iteration();
         while (!connections_.empty() && Clock::now() < deadline)  // the listener is gone: only
@@ -2342,7 +2370,8 @@ private:
     ConversationLog log_;
     std::unordered_map<socket_t, std::unique_ptr<Connection>> connections_;
     std::unordered_map<ClientId, Connection*> by_id_;
-    std::vector<Connection*> members_;              // joined users, in no particular order
+    std::vector<Connection*> members_[3];  // joined users by wire (frames, lines, web): any order
+    std::size_t joined_ = 0;               // in all three
     std::unordered_set<std::string> names_in_use_;  // their names, in lower case
     std::set<std::pair<Clock::time_point, ClientId>> deadlines_;
     std::vector<ClientId> dirty_, dirty_now_;    // finish_iteration()'s lists and their

@@ -4,14 +4,20 @@
 // the fuzz loop, with one well-behaved chatsock::Client, "observer", joined for the whole run.
 // For each input a raw loopback socket connects, sends the bytes in input-derived chunks
 // (pumping the server between chunks so it sees the pieces separately), shuts down its sending
-// side and reads until the server closes. Then, against a model built from an independent
-// decode of the same bytes (fuzz/reference.hpp):
+// side and reads until the server closes. The first bytes pick the client's wire (issue 11):
+// ten digits and spaces make a frame client, any other byte among them a line client (nc,
+// telnet). Then, against a model built from an independent decode of the same bytes
+// (fuzz/reference.hpp: ref_decode for frames, RefLines for lines):
 //   - the raw client got exactly the notices it should (welcome, "message not delivered",
-//     "name refused", "protocol error"), as well-formed frames, and then end-of-stream;
+//     "name refused", "protocol error"), as well-formed frames or "* notice\r\n" lines (its
+//     wire), and then end-of-stream;
 //   - the observer got exactly "NAME joined", every relayed message, "NAME left ...", in order;
 //   - the server is back to its one connection and the process holds no more descriptors;
 //   - every 64 inputs a fresh chatsock::Client joins, says something, and the observer hears it.
 // Every wait is bounded (kTimeLimit): a server that stops answering is reported, not waited for.
+// Inputs that begin with an HTTP method and a space (a browser) are skipped: no model here
+// says what a page request or a WebSocket should get; fuzz_wire checks answer_http and the
+// WebSocket decoder, tests/e2e_browser.py the server's side of them.
 //
 // Input layout:
 //   byte 0   chunking: 0-63 one piece; 64-127 byte by byte; 128-191 pieces of (byte0 & 63) + 1
@@ -83,8 +89,10 @@ public:
         const std::uint8_t chunking = size ? data[0] : 0;
         const std::string_view bytes(reinterpret_cast<const char*>(data) + (size ? 1 : 0),
                                      size ? size - 1 : 0);
+        const chatsock::Wire wire = ref_detect_wire(bytes);
+        if (wire == chatsock::Wire::http) return;  // a browser: not modelled here (see above)
         std::vector<Heard> to_client, to_observer;
-        model(bytes, to_client, to_observer);
+        model(bytes, wire, to_client, to_observer);
 
         std::error_code ec;
         chatsock::Socket raw = chatsock::connect_tcp("127.0.0.1", port_, milliseconds(2000), ec);
@@ -124,7 +132,8 @@ public:
         }
         raw.close();
 
-        check_client_frames(to_client);
+        if (wire == chatsock::Wire::lines) check_client_lines(to_client);
+        else check_client_frames(to_client);
         check_observer(to_observer);
         if (server_.client_count() != 1) fail("observer lost");
 
@@ -149,18 +158,28 @@ private:
         return o;
     }
 
-    // What the raw client and the observer must receive for `bytes`.
-    static void model(std::string_view bytes, std::vector<Heard>& to_client,
+    // What the raw client and the observer must receive for `bytes`, sent on `wire` (frames, or
+    // lines; unknown when the input ends before its first bytes decide: then nothing at all).
+    static void model(std::string_view bytes, chatsock::Wire wire, std::vector<Heard>& to_client,
                       std::vector<Heard>& to_observer) {
-        const Decoded d = ref_decode(bytes, kMaxPayload);
-        std::string protocol_error;  // the server's reason, quoting the header it could not use
-        if (d.failed && d.over_limit)
-            protocol_error = "protocol error: frame of " + std::to_string(d.over_length) +
-                             " bytes is over the limit of " + std::to_string(kMaxPayload);
-        else if (d.failed)
-            protocol_error = "protocol error: bad frame header \"" +
-                             chatsock::printable(bytes.substr(d.consumed, chatsock::header_size)) +
-                             "\"";
+        Decoded d;  // a line client's lines are its "frames": the name, then one per message
+        std::string protocol_error;  // the server's reason, quoting what it could not use
+        if (wire == chatsock::Wire::lines) {
+            RefLines lines(std::min<std::size_t>(4096, kMaxPayload));  // max_line, capped
+            lines.feed(bytes);
+            d.frames = lines.lines;
+            d.failed = lines.failed;
+            protocol_error = "protocol error: " + lines.error();
+        } else if (wire == chatsock::Wire::frames) {
+            d = ref_decode(bytes, kMaxPayload);
+            if (d.over_limit)
+                protocol_error = "protocol error: frame of " + std::to_string(d.over_length) +
+                                 " bytes is over the limit of " + std::to_string(kMaxPayload);
+            else
+                protocol_error =
+                    "protocol error: bad frame header \"" +
+                    chatsock::printable(bytes.substr(d.consumed, chatsock::header_size)) + "\"";
+        }
         if (d.frames.empty()) {
             if (d.failed) to_client.push_back({kServerName, protocol_error});
             return;
@@ -248,6 +267,34 @@ private:
             if (!matches(text, want[i])) {
                 std::fprintf(stderr, "got \"%s\", expected \"%s\"\n",
                              chatsock::printable(text).c_str(),
+                             chatsock::printable(want[i].text).c_str());
+                fail("wrong notice to the client");
+            }
+        }
+    }
+
+    // A line client hears one line per event, each ending "\r\n": "* text" for a notice.
+    void check_client_lines(const std::vector<Heard>& want) {
+        std::vector<std::string> lines;
+        for (std::size_t at = 0; at < received_.size();) {
+            const std::size_t end = received_.find("\r\n", at);
+            if (end == std::string::npos) fail("the server sent a line without its \\r\\n");
+            lines.push_back(received_.substr(at, end - at));
+            at = end + 2;
+        }
+        if (lines.size() != want.size()) {
+            std::fprintf(stderr, "raw line client got %zu lines, expected %zu\n", lines.size(),
+                         want.size());
+            for (const std::string& line : lines)
+                std::fprintf(stderr, "  got %s\n", chatsock::printable(line).c_str());
+            fail("wrong number of lines to the client");
+        }
+        for (std::size_t i = 0; i < want.size(); ++i) {
+            if (!is_safe(lines[i])) fail("a line to the client with a control character");
+            if (lines[i].rfind("* ", 0) != 0) fail("a notice to the client without its \"* \"");
+            if (!matches(lines[i].substr(2), want[i])) {
+                std::fprintf(stderr, "got \"%s\", expected \"* %s\"\n",
+                             chatsock::printable(lines[i]).c_str(),
                              chatsock::printable(want[i].text).c_str());
                 fail("wrong notice to the client");
             }

@@ -148,6 +148,80 @@ inline Decoded ref_decode(std::string_view stream, std::size_t max_payload) {
     return d;
 }
 
+// ---- section 4: which wire a connection speaks, and the line client's decoding ------------
+
+// The spec's detection rules (docs/PROTOCOL.md, issue 11): an HTTP method and a space is HTTP,
+// and a proper prefix of one may still become one; otherwise any byte among the first ten that
+// is neither a digit nor a space makes a line client; ten digits and spaces are a frame header.
+inline chatsock::Wire ref_detect_wire(std::string_view s) {
+    static const char* const methods[] = {"GET ",     "HEAD ",  "POST ",    "PUT ",  "DELETE ",
+                                          "OPTIONS ", "PATCH ", "CONNECT ", "TRACE "};
+    bool may_become_http = false;
+    for (const char* m : methods) {
+        const std::string_view method(m);
+        if (s.size() >= method.size() && s.substr(0, method.size()) == method)
+            return chatsock::Wire::http;
+        if (s.size() < method.size() && method.substr(0, s.size()) == s) may_become_http = true;
+    }
+    for (std::size_t i = 0; i < s.size() && i < chatsock::header_size; ++i)
+        if (s[i] != ' ' && !(s[i] >= '0' && s[i] <= '9'))
+            return may_become_http ? chatsock::Wire::unknown : chatsock::Wire::lines;
+    return s.size() >= chatsock::header_size ? chatsock::Wire::frames : chatsock::Wire::unknown;
+}
+
+// A line client's bytes, fed one at a time: lines end at "\n", one "\r" right before it is
+// dropped, empty lines are skipped; telnet's IAC WILL/WONT/DO/DONT x, IAC SB ... IAC SE and
+// IAC x are removed, IAC IAC is a data byte 255. A line whose bytes (its end not counted)
+// pass max_line is an error as soon as that is certain: max_line + 1 bytes may still be a
+// line of max_line bytes and the "\r" of its end, max_line + 2 may not.
+struct RefLines {
+    enum Telnet { data, command, option, sub, sub_command };
+    explicit RefLines(std::size_t max) : max_line(max) {}
+    std::size_t max_line;
+    std::vector<std::string> lines;
+    std::string line;  // the bytes of the line so far
+    Telnet telnet = data;
+    bool failed = false;
+
+    void feed(unsigned char b) {
+        if (failed) return;
+        switch (telnet) {
+        case data:
+            if (b == 255) telnet = command;
+            else if (b != '\n') add(b);
+            else {
+                if (!line.empty() && line.back() == '\r') line.pop_back();
+                if (!line.empty()) lines.push_back(line);
+                line.clear();
+            }
+            break;
+        case command:
+            telnet = b >= 251 && b <= 254 ? option : b == 250 ? sub : data;
+            if (b == 255) add(b);
+            break;
+        case option: telnet = data; break;
+        case sub: telnet = b == 255 ? sub_command : sub; break;
+        case sub_command: telnet = b == 240 ? data : sub; break;
+        }
+    }
+    void feed(std::string_view bytes) {
+        for (char c : bytes) feed(static_cast<unsigned char>(c));
+    }
+    // What the decoder holds: the line so far, and one for an unfinished telnet sequence.
+    std::size_t buffered() const { return failed ? 0 : line.size() + (telnet != data); }
+    std::string error() const { return "line over " + std::to_string(max_line) + " bytes"; }
+
+private:
+    void add(unsigned char b) {
+        line += static_cast<char>(b);
+        if (line.size() > max_line + 1 || (line.size() == max_line + 1 && b != '\r')) {
+            failed = true;
+            line.clear();
+            telnet = data;
+        }
+    }
+};
+
 // A small generator for chunk sizes, seeded from the input.
 struct Rng {
     std::uint32_t state;
