@@ -18,6 +18,11 @@
 //   --raw-broadcast K   no server: the floor of --idle's broadcast. A forked writer sends one
 //              --raw-chunk to each of K connections in a plain loop of send() calls (what a
 //              server's broadcast does with nothing else to do); the bench reads them all.
+//   --mix frames:A,lines:B,websocket:C   (with the default workload, --idle or --rate; chatsock
+//              only) one room of A+B+C clients of the three kinds a chatsock server tells apart
+//              by their first bytes, interleaved (frames, lines, websocket, frames, ...); it sets
+//              --clients. Every delivery is checked as above, whatever kind sent or received it.
+//              The JSON line adds, per kind: clients, deliveries received and latency p50/p99.
 //
 // FLOW CONTROL (--window W)
 //   A sender may have at most W messages that have not yet been received by ALL N-1 other
@@ -36,6 +41,15 @@
 //   redis     RESP3 (HELLO 3). Client i subscribes to the channels of all the others and
 //             PUBLISHes to its own, so each message reaches exactly the N-1 others, as in chat.
 //             --idle: clients 1..N-1 subscribe to one channel, client 0 publishes.
+//
+// CLIENT KINDS (--mix; otherwise every client speaks frames, or RESP with --proto redis)
+//   frames     the framed protocol: a 10-byte decimal header per frame; name, then messages;
+//              the server sends (sender, text) frame pairs. The default, unchanged by --mix.
+//   lines      nc/telnet: "NAME\n", then "TEXT\n" per message; receives "FROM: TEXT\r\n" and
+//              "* NOTICE\r\n".
+//   websocket  a browser: "GET / HTTP/1.1" with Upgrade: websocket (RFC 6455's sample key; the
+//              101 must carry its accept value), then masked text frames, the name first; receives
+//              unmasked text frames of {"from":"...","text":"..."} (notices add "notice":true).
 //
 // PAYLOAD (S >= 32 bytes, printable ASCII)
 //   8 hex digits sender index, 8 hex digits sequence number, 16 hex digits send time (steady
@@ -155,6 +169,11 @@ public:
     }
     std::uint64_t count() const { return count_; }
     std::uint64_t max() const { return max_; }
+    // Takes out what `part` (a subset of this histogram's values) holds; max() stays an upper bound.
+    void subtract(const Histogram& part) {
+        for (std::size_t i = 0; i < buckets_.size(); ++i) buckets_[i] -= part.buckets_[i];
+        count_ -= part.count_;
+    }
     std::uint64_t percentile(double p) const {
         if (count_ == 0) return 0;
         std::uint64_t want = static_cast<std::uint64_t>(p * static_cast<double>(count_) + 0.999999);
@@ -241,6 +260,12 @@ double self_cpu_s() {
 
 enum class Proto { chatsock, classic, redis };
 
+// What one client speaks. Every client of a run speaks frames (or redis with --proto redis)
+// unless --mix asks for a room of several kinds.
+enum class Kind : unsigned char { frames, lines, websocket, redis };
+constexpr const char* kind_names[] = {"frames", "lines", "websocket"};  // the kinds --mix takes
+constexpr int mix_kinds = 3;
+
 struct Options {
     std::string host = "127.0.0.1";
     int port = 1234;
@@ -261,6 +286,8 @@ struct Options {
     long server_pid = 0;
     std::size_t connect_batch = 256;
     std::string label;
+    std::string mix;                     // --mix as given; empty: not a mixed room
+    std::size_t mix_count[mix_kinds]{};  // clients of each kind (frames, lines, websocket)
 };
 
 void usage() {
@@ -283,6 +310,8 @@ void usage() {
         "a\n"
         "                      plain loop by a forked writer (--writer-cpu C pins it), read here\n"
         "  --proto P           chatsock | classic | redis (chatsock)\n"
+        "  --mix frames:A,lines:B,websocket:C\n"
+        "                      a room of A+B+C clients of those kinds; sets --clients\n"
         "  --server-pid PID    sample the server's RSS and CPU time from /proc\n"
         "  --connect-batch K   connections being set up at once (256)\n"
         "  --label TEXT        copied into the JSON line\n",
@@ -329,7 +358,25 @@ Options parse_options(int argc, char** argv) {
         else if (a == "--connect-batch")
             o.connect_batch = std::max<std::size_t>(1, static_cast<std::size_t>(number()));
         else if (a == "--label") o.label = value();
-        else if (a == "--proto") {
+        else if (a == "--mix") {
+            o.mix = value();
+            std::fill(std::begin(o.mix_count), std::end(o.mix_count), 0);
+            std::size_t at = 0;
+            while (at <= o.mix.size()) {
+                const std::size_t comma = std::min(o.mix.find(',', at), o.mix.size());
+                const std::string item = o.mix.substr(at, comma - at);
+                const std::size_t colon = item.find(':');
+                int k = 0;
+                while (k < mix_kinds && item.substr(0, colon) != kind_names[k]) ++k;
+                char* end = nullptr;
+                const char* digits = colon == std::string::npos ? "" : item.c_str() + colon + 1;
+                const unsigned long count = std::strtoul(digits, &end, 10);
+                if (k == mix_kinds || !*digits || *end)
+                    die(("bad --mix item \"" + item + "\" (frames:N,lines:N,websocket:N)").c_str());
+                o.mix_count[k] = count;
+                at = comma + 1;
+            }
+        } else if (a == "--proto") {
             std::string p = value();
             if (p == "chatsock") o.proto = Proto::chatsock;
             else if (p == "classic") o.proto = Proto::classic;
@@ -344,6 +391,11 @@ Options parse_options(int argc, char** argv) {
         }
     }
     if (o.raw_broadcast) o.raw = true;
+    if (!o.mix.empty()) {
+        if (o.proto != Proto::chatsock) die("--mix needs --proto chatsock");
+        o.clients = 0;
+        for (std::size_t count : o.mix_count) o.clients += count;
+    }
     if (o.port < 1 || o.port > 65535) {
         if (!o.raw) die("--port must be 1..65535");
     }
@@ -664,10 +716,40 @@ int run_raw_broadcast(const Options& o) {
 
 enum class State { unstarted, connecting, naming, joined, failed };
 
+// RFC 6455's sample handshake (section 1.3): this key's accept value is known, so the bench
+// checks the server's answer without a SHA-1 of its own. The server's work is the same.
+constexpr std::string_view websocket_key = "dGhlIHNhbXBsZSBub25jZQ==";
+constexpr std::string_view websocket_accept = "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=";
+
+// A client's text frame header: final, opcode text, masked, then the 4-byte mask. Returns the
+// mask, for the caller to apply to the `len` payload bytes it appends next.
+std::uint32_t append_websocket_header(std::string& out, std::size_t len, std::uint32_t mask) {
+    char h[8];
+    std::size_t k = 0;
+    h[k++] = static_cast<char>(0x81);
+    if (len < 126) {
+        h[k++] = static_cast<char>(0x80 | len);
+    } else {  // the bench's payloads stay under 64 KiB (--size <= 60000)
+        h[k++] = static_cast<char>(0x80 | 126);
+        h[k++] = static_cast<char>(len >> 8);
+        h[k++] = static_cast<char>(len & 0xff);
+    }
+    out.append(h, k);
+    for (int i = 0; i < 4; ++i) out += static_cast<char>(mask >> (8 * i));
+    return mask;
+}
+
+void apply_websocket_mask(char* p, std::size_t len, std::uint32_t mask) {
+    for (std::size_t i = 0; i < len; ++i) p[i] ^= static_cast<char>(mask >> (8 * (i % 4)));
+}
+
 struct Client {
     int fd = -1;
     std::uint32_t index = 0;
     State state = State::unstarted;
+    Kind kind = Kind::frames;
+    bool upgraded = false;  // websocket: the server's 101 has arrived
+
     std::string in;   // bytes of an unfinished frame
     std::string out;  // bytes to send
     std::size_t out_off = 0;
@@ -707,6 +789,11 @@ private:
     // protocol
     std::size_t parse_chat(Client& c, const char* p, std::size_t n);
     std::size_t parse_redis(Client& c, const char* p, std::size_t n);
+    // Out of line, so that the frames path's code (parse_chat, inlined into pump) stays as it was.
+    [[gnu::noinline]] std::size_t parse_lines(Client& c, const char* p, std::size_t n);
+    [[gnu::noinline]] std::size_t parse_websocket(Client& c, const char* p, std::size_t n);
+    void parse_json(Client& c, const char* p, std::size_t n);
+    void handle_text(Client& c, std::string_view from, std::string_view text);
     void handle_notice(Client& c, std::string_view text);
     void handle_payload(Client& c, std::uint32_t sender, const char* p, std::size_t len);
     void append_message(Client& c, std::uint64_t seq, std::uint64_t t);
@@ -751,6 +838,11 @@ private:
                                // own reads of the sockets before it in the same batch)
     std::uint64_t broadcast_received_ = 0;
     int notes_printed_ = 0;
+    // --mix: the latency of the line and WebSocket clients' deliveries apart (they are in
+    // latency_ too; the frames clients' share is latency_ less these), made only for --mix;
+    // and the counter the WebSocket masks come from.
+    std::vector<Histogram> kind_latency_;
+    std::uint32_t mask_seed_ = 0x9e3779b9u;
 };
 
 void Bench::corrupt(const char* what) {
@@ -823,10 +915,17 @@ void Bench::queue_handshake(Client& c) {
             append_resp_bulk(c.out, "SUBSCRIBE");
             for (const auto& ch : channels) append_resp_bulk(c.out, ch);
         }
-    } else {
+    } else if (c.kind == Kind::frames) {
         std::string name = tag_ + "_" + std::to_string(c.index);
         append_frame_header(c.out, name.size());
         c.out += name;
+    } else if (c.kind == Kind::lines) {
+        c.out += tag_ + "_" + std::to_string(c.index) + "\n";
+    } else {  // the name goes once the 101 is in (parse_websocket), as a browser waits for it
+        c.out += "GET / HTTP/1.1\r\nHost: " + o_.host + ":" + std::to_string(o_.port) +
+                 "\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                 "Sec-WebSocket-Key: " +
+                 std::string(websocket_key) + "\r\nSec-WebSocket-Version: 13\r\n\r\n";
     }
 }
 
@@ -862,15 +961,23 @@ void Bench::mark_dirty(std::uint32_t s) {
 // One message: the chat frame, or a Redis PUBLISH to the sender's own channel.
 void Bench::append_message(Client& c, std::uint64_t seq, std::uint64_t t) {
     const std::size_t S = o_.size;
-    if (o_.proto == Proto::redis) {
+    std::uint32_t mask = 0;
+    switch (c.kind) {
+    case Kind::frames: append_frame_header(c.out, S); break;
+    case Kind::redis: {
         std::string ch = o_.idle ? tag_ + ".all" : tag_ + "." + std::to_string(c.index);
         c.out += "*3\r\n$7\r\nPUBLISH\r\n";
         append_resp_bulk(c.out, ch);
         char h[32];
         int k = std::snprintf(h, sizeof h, "$%zu\r\n", S);
         c.out.append(h, static_cast<std::size_t>(k));
-    } else {
-        append_frame_header(c.out, S);
+        break;
+    }
+    case Kind::lines: break;
+    case Kind::websocket:
+        mask_seed_ = mask_seed_ * 1664525u + 1013904223u;
+        mask = append_websocket_header(c.out, S, mask_seed_);
+        break;
     }
     const std::size_t at = c.out.size();
     c.out.resize(at + S);
@@ -879,7 +986,10 @@ void Bench::append_message(Client& c, std::uint64_t seq, std::uint64_t t) {
     put_hex(p + 8, seq, 8);
     put_hex(p + 16, t, 16);
     std::memcpy(p + 32, pad_.data() + seq % 26, S - 32);
-    if (o_.proto == Proto::redis) c.out.append("\r\n", 2);
+    if (c.kind == Kind::frames) return;
+    if (c.kind == Kind::redis) c.out.append("\r\n", 2);
+    else if (c.kind == Kind::lines) c.out += '\n';
+    else apply_websocket_mask(p, S, mask);
 }
 
 void Bench::append_sync(Client& c) {
@@ -975,8 +1085,13 @@ void Bench::on_readable(Client& c) {
         }
         read_time_ = now_ns();
         const std::size_t total = have + static_cast<std::size_t>(r);
-        const std::size_t used = o_.proto == Proto::redis ? parse_redis(c, scratch_.data(), total)
-                                                          : parse_chat(c, scratch_.data(), total);
+        std::size_t used = 0;
+        switch (c.kind) {
+        case Kind::frames: used = parse_chat(c, scratch_.data(), total); break;
+        case Kind::redis: used = parse_redis(c, scratch_.data(), total); break;
+        case Kind::lines: used = parse_lines(c, scratch_.data(), total); break;
+        case Kind::websocket: used = parse_websocket(c, scratch_.data(), total); break;
+        }
         if (c.fd < 0) return;
         c.in.assign(scratch_.data() + used, total - used);
         budget -= std::min<std::size_t>(budget, static_cast<std::size_t>(r));
@@ -1107,6 +1222,159 @@ void Bench::handle_payload(Client& c, std::uint32_t sender, const char* p, std::
         advanced = true;
     }
     if (advanced) mark_dirty(sender);
+}
+
+// ---- the line and WebSocket clients (--mix) -------------------------------------------------
+
+// A delivery to a line or WebSocket client, its sender's name and text already taken apart.
+void Bench::handle_text(Client& c, std::string_view from, std::string_view text) {
+    std::uint64_t idx = 0;
+    bool ours = from.size() > tag_.size() + 1 && from.compare(0, tag_.size(), tag_) == 0 &&
+                from[tag_.size()] == '_';
+    for (std::size_t i = tag_.size() + 1; ours && i < from.size(); ++i) {
+        ours = from[i] >= '0' && from[i] <= '9';
+        idx = idx * 10 + static_cast<unsigned>(from[i] - '0');
+    }
+    if (!ours || idx >= n_) {
+        ++stray_;
+        if (notes_printed_++ < 10)
+            std::fprintf(stderr, "chatsock_bench: a message from an unknown sender \"%.*s\"\n",
+                         static_cast<int>(std::min<std::size_t>(from.size(), 64)), from.data());
+        return;
+    }
+    const std::uint64_t before = received_;
+    handle_payload(c, static_cast<std::uint32_t>(idx), text.data(), text.size());
+    std::uint64_t t = 0;
+    if (received_ != before && get_hex(text.data() + 16, 16, t) && read_time_ > t)
+        kind_latency_[static_cast<int>(c.kind)].add(read_time_ - t);
+}
+
+// "FROM: TEXT\r\n" and "* NOTICE\r\n", one line each.
+std::size_t Bench::parse_lines(Client& c, const char* p, std::size_t n) {
+    std::size_t pos = 0;
+    while (pos < n) {
+        const void* nl = std::memchr(p + pos, '\n', n - pos);
+        if (!nl) {
+            if (n - pos > std::max<std::size_t>(o_.size, 1u << 16) + 1024) {
+                corrupt("a line with no end");
+                fail_client(c, "a line with no end from the server", c.state == State::joined);
+                return n;
+            }
+            break;
+        }
+        const std::size_t end = static_cast<std::size_t>(static_cast<const char*>(nl) - p);
+        std::string_view line(p + pos, end - pos);
+        pos = end + 1;
+        if (!line.empty() && line.back() == '\r') line.remove_suffix(1);
+        if (line.size() >= 2 && line[0] == '*' && line[1] == ' ') {
+            handle_notice(c, line.substr(2));
+        } else {
+            const std::size_t colon = line.find(": ");
+            if (colon == std::string_view::npos)
+                corrupt("a line that is neither a message nor a notice");
+            else handle_text(c, line.substr(0, colon), line.substr(colon + 2));
+        }
+        if (c.fd < 0) return n;
+    }
+    return pos;
+}
+
+// The end of a JSON string whose text starts at s[i]: the index of its closing quote, or npos.
+std::size_t json_string_end(std::string_view s, std::size_t i) {
+    for (std::size_t q = s.find('"', i); q != std::string_view::npos; q = s.find('"', q + 1)) {
+        std::size_t slashes = 0;
+        while (q - slashes > i && s[q - slashes - 1] == '\\') ++slashes;
+        if (slashes % 2 == 0) return q;
+    }
+    return std::string_view::npos;
+}
+
+// {"from":"...","text":"..."} or {"from":"server","text":"...","notice":true}. A notice's text
+// is used as it stands, escapes and all (only its words matter); a message's text must be the
+// payload as sent, which needs no escaping.
+void Bench::parse_json(Client& c, const char* p, std::size_t n) {
+    constexpr std::string_view from_key = "{\"from\":\"", text_key = ",\"text\":\"";
+    const std::string_view s(p, n);
+    const std::size_t from_end = s.compare(0, from_key.size(), from_key) == 0
+                                     ? json_string_end(s, from_key.size())
+                                     : std::string_view::npos;
+    const std::size_t text_at = from_end + 1 + text_key.size();
+    const std::size_t text_end = from_end != std::string_view::npos &&
+                                         s.compare(from_end + 1, text_key.size(), text_key) == 0
+                                     ? json_string_end(s, text_at)
+                                     : std::string_view::npos;
+    if (text_end == std::string_view::npos)
+        return corrupt("a WebSocket message that is not chat JSON");
+    const std::string_view rest = s.substr(text_end + 1),
+                           text = s.substr(text_at, text_end - text_at);
+    if (rest == ",\"notice\":true}") handle_notice(c, text);
+    else if (rest == "}")
+        handle_text(c, s.substr(from_key.size(), from_end - from_key.size()), text);
+    else corrupt("a WebSocket message that is not chat JSON");
+}
+
+// The server's 101, then its frames: unmasked, one final text frame per event.
+std::size_t Bench::parse_websocket(Client& c, const char* p, std::size_t n) {
+    std::size_t pos = 0;
+    if (!c.upgraded) {
+        const std::string_view head(p, n);
+        const std::size_t end = head.find("\r\n\r\n");
+        if (end == std::string_view::npos && n <= 8192) return 0;
+        const std::string_view status = head.substr(0, head.find('\r'));
+        if (end == std::string_view::npos || status.rfind("HTTP/1.1 101 ", 0) != 0 ||
+            head.substr(0, end).find(websocket_accept) == std::string_view::npos) {
+            if (c.state == State::naming) ++refused_;
+            if (notes_printed_++ < 10)
+                std::fprintf(stderr,
+                             "chatsock_bench: client %u: WebSocket handshake answered \"%.*s\"\n",
+                             c.index, static_cast<int>(std::min<std::size_t>(status.size(), 200)),
+                             status.data());
+            fail_client(c, "WebSocket handshake refused", false);
+            return n;
+        }
+        c.upgraded = true;
+        pos = end + 4;
+        const std::string name = tag_ + "_" + std::to_string(c.index);
+        mask_seed_ = mask_seed_ * 1664525u + 1013904223u;
+        const std::uint32_t mask = append_websocket_header(c.out, name.size(), mask_seed_);
+        const std::size_t at = c.out.size();
+        c.out += name;
+        apply_websocket_mask(&c.out[at], name.size(), mask);
+        flush(c);
+        if (c.fd < 0) return n;
+    }
+    const std::size_t max_frame = std::max<std::size_t>(o_.size, 1u << 16) + 1024;
+    while (n - pos >= 2) {
+        const auto byte = [&](std::size_t k) { return static_cast<unsigned char>(p[pos + k]); };
+        const unsigned op = byte(0) & 0x0f, length7 = byte(1) & 0x7f;
+        const std::size_t extra = length7 == 126 ? 2 : length7 == 127 ? 8 : 0;
+        if (n - pos < 2 + extra) break;
+        std::uint64_t len = extra ? 0 : length7;
+        for (std::size_t k = 0; k < extra; ++k) len = len << 8 | byte(2 + k);
+        if ((byte(1) & 0x80) || (byte(0) & 0x70) || len > max_frame) {
+            corrupt("a masked, reserved-bit or oversized WebSocket frame from the server");
+            fail_client(c, "a bad WebSocket frame from the server", c.state == State::joined);
+            return n;
+        }
+        if (n - pos - 2 - extra < len) break;
+        const char* f = p + pos + 2 + extra;
+        const bool fin = byte(0) & 0x80;
+        pos += 2 + extra + static_cast<std::size_t>(len);
+        if (op == 8) {  // close: the notice that says why came before it
+            fail_client(c, "a WebSocket close frame from the server", c.state == State::joined);
+            return n;
+        }
+        if (op == 9 || op == 10) continue;  // ping, pong: the server sends none; not chat
+        if (op != 1 || !fin) {
+            corrupt("a WebSocket frame that is not one whole text message");
+            fail_client(c, "an unexpected WebSocket frame from the server",
+                        c.state == State::joined);
+            return n;
+        }
+        parse_json(c, f, static_cast<std::size_t>(len));
+        if (c.fd < 0) return n;
+    }
+    return pos;
 }
 
 // RESP2/RESP3: returns the end of the value starting at pos, 0 when incomplete, SIZE_MAX when
@@ -1304,9 +1572,21 @@ int Bench::run() {
     ep_ = epoll_create1(EPOLL_CLOEXEC);
     clients_.resize(n_);
     for (std::size_t i = 0; i < n_; ++i) clients_[i].index = static_cast<std::uint32_t>(i);
+    if (o_.proto == Proto::redis)
+        for (Client& c : clients_) c.kind = Kind::redis;
+    if (!o_.mix.empty()) {  // interleaved: frames, lines, websocket, frames, ... while each lasts
+        kind_latency_.resize(mix_kinds);
+        std::size_t left[mix_kinds], i = 0;
+        std::copy(std::begin(o_.mix_count), std::end(o_.mix_count), left);
+        for (int k = 0; i < n_; k = (k + 1) % mix_kinds)
+            if (left[k]) --left[k], clients_[i++].kind = static_cast<Kind>(k);
+    }
 
     const std::size_t name_bytes = tag_.size() + 1 + std::to_string(n_).size();
-    const std::size_t wire = 20 + name_bytes + o_.size;
+    // A delivery's bytes on the wire: two frame headers; a WebSocket frame's header (2 or 4
+    // bytes) and JSON ({"from":"","text":""}: 21 bytes) take a little more, lines less.
+    const bool websocket = o_.mix_count[static_cast<int>(Kind::websocket)] > 0;
+    const std::size_t wire = (websocket ? 25 : 20) + name_bytes + o_.size;
     if (o_.window) window_ = o_.window;
     else if (o_.rate > 0) window_ = 1024;
     else
@@ -1461,6 +1741,26 @@ int Bench::run() {
     j.integer("stray", static_cast<long long>(stray_));
     j.integer("disconnected", static_cast<long long>(disconnected_));
     j.integer("other_notices", static_cast<long long>(other_notices_));
+    if (!o_.mix.empty()) {
+        // Per kind of receiving client: how many, what they received, how long it took them.
+        j.str("mix", o_.mix);
+        std::uint64_t got[mix_kinds]{};
+        if (!o_.idle)
+            for (std::size_t r = 0; r < n_; ++r)
+                for (std::size_t s = 0; s < n_; ++s)
+                    got[static_cast<int>(clients_[r].kind)] += expect_[r * n_ + s];
+        Histogram frames_latency = latency_;  // what is left once the others are taken out
+        for (int k = 1; k < mix_kinds; ++k) frames_latency.subtract(kind_latency_[k]);
+        for (int k = 0; k < mix_kinds; ++k) {
+            if (!o_.mix_count[k]) continue;
+            const Histogram& h = k == 0 ? frames_latency : kind_latency_[k];
+            const std::string name = kind_names[k];
+            j.integer(("clients_" + name).c_str(), static_cast<long long>(o_.mix_count[k]));
+            if (!o_.idle) j.integer(("received_" + name).c_str(), static_cast<long long>(got[k]));
+            j.num(("lat_p50_us_" + name).c_str(), static_cast<double>(h.percentile(0.50)) / 1e3, 1);
+            j.num(("lat_p99_us_" + name).c_str(), static_cast<double>(h.percentile(0.99)) / 1e3, 1);
+        }
+    }
     if (o_.proto == Proto::redis) {
         j.integer("protocol_errors", static_cast<long long>(protocol_errors_));
         j.integer("publish_count_mismatch", static_cast<long long>(publish_mismatch_));

@@ -31,6 +31,18 @@
 #                   and the load generator in latency runs, where it reads 98,000 deliveries a
 #                   second and is busy 70-90% of a core: pinned, it queues behind itself
 #
+# Workloads (the full run's sizes; --quick sends fewer messages and connects fewer clients):
+#   pair, c50, c500, big4k   2, 50 and 500 clients with 64 B messages, 50 with 4 KiB: each client
+#               sends flat out and receives everyone else's; deliveries/s (big4k also MB/s)
+#   mixed       c50's room (50 clients x 2,000 x 64 B) made of the three kinds of client a chatsock
+#               server takes on one port: 17 framed, 17 line (nc/telnet) and 16 WebSocket clients,
+#               interleaved (chatsock_bench --mix); deliveries/s, shown next to c50's all-framed
+#               figure. Only on servers that speak all three: demo_server, or --server with
+#               --server-proto chatsock
+#   latency     50 clients, 2,000 messages/s in all: p50/p99/max from send to receipt
+#   idle_small, idle   1,000 and 10,000 idle clients: connect time, one broadcast to all, RSS
+#   sweepN      (--sweep) N = 2..500 clients: the deliveries/s curve bench/plot.sh draws
+#
 # Each run is one bench/chatsock_bench invocation printing one JSON line; they are collected
 # in DIR/results.jsonl with the server and workload added, then tabulated into DIR/table.md.
 set -u
@@ -54,7 +66,7 @@ while [ $# -gt 0 ]; do
         --out) OUT="$2"; shift ;;
         --wait-quiet) WAIT_QUIET="$2"; shift ;;
         --repeat) REPEAT="$2"; shift ;;
-        -h|--help) sed -n '2,36p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,47p' "$0"; exit 0 ;;
         *) echo "run.sh: unknown option $1" >&2; exit 2 ;;
     esac
     shift
@@ -158,6 +170,9 @@ wait_for_connect() {  # PID PORT SECONDS
 start_server() {
     local name=$1 log=$TMP/conversation-$1.log pid port="" out=$OUT/server-$1.out
     [ "$NOLOG" = 1 ] || [ "$name" = nolog ] && log=""
+    # Emptied here, not only by the background job's redirect: a restarted server's port must
+    # not be read from the line its predecessor left in the file.
+    : > "$out"
     case "$name" in
         chatsock|nolog)
             "${SERVER_PIN[@]}" ./demo_server 127.0.0.1 0 "$log" > "$out" 2>&1 &
@@ -258,7 +273,9 @@ else
     RAW_BYTES=$((4 << 30)) SWEEP_DELIVERIES=2000000
 fi
 LAT_RATE=2000
-echo "workloads: pair 2x${PAIR_M}x64, c50 50x${C50_M}x64, c500 500x${C500_M}x64, big 50x${BIG_M}x4096, latency 50 clients ${LAT_RATE}/s x ${LAT_M} each, idle ${IDLE_N} and ${SMALL_IDLE_N}; repeats: $REPEAT" >> "$OUT/env.txt"
+# mixed: c50's shape (50 clients, C50_M messages of 64 B each), a third of each kind.
+MIX=frames:17,lines:17,websocket:16
+echo "workloads: pair 2x${PAIR_M}x64, c50 50x${C50_M}x64, mixed 50 ($MIX)x${C50_M}x64, c500 500x${C500_M}x64, big 50x${BIG_M}x4096, latency 50 clients ${LAT_RATE}/s x ${LAT_M} each, idle ${IDLE_N} and ${SMALL_IDLE_N}; repeats: $REPEAT" >> "$OUT/env.txt"
 
 # The Python server relays with one blocking sendall() per recipient: its heaviest runs are
 # scaled down (deliveries/s is a rate, so the numbers stay comparable) to keep it to minutes.
@@ -279,10 +296,13 @@ fi
 # The log-off server only runs the throughput workloads: it is there to show the log's cost.
 # bench/floor_relay only runs the latency workload: the least a relay can do per message (one
 # recv, one send per recipient, nothing else) is the floor chatsock's latency is compared with.
+# The mixed room needs line and WebSocket clients: Redis and the classic server have neither.
 takes() {  # SERVER WORKLOAD
     case "$1" in
         nolog) case "$2" in pair|c50|c500|big4k) return 0 ;; *) return 1 ;; esac ;;
         floor) [ "$2" = latency ] ;;
+        redis|python) [ "$2" != mixed ] ;;
+        custom) [ "$2" != mixed ] || [ "$CUSTOM_PROTO" = chatsock ] ;;
         *) return 0 ;;
     esac
 }
@@ -311,6 +331,7 @@ if [ "$MAIN" = 1 ]; then
     for r in $(seq "$REPEAT"); do
         for s in "${SERVERS[@]}"; do takes "$s" pair && run "$s" pair 180 --clients 2 --messages "$PAIR_M" --size 64; done
         for s in "${SERVERS[@]}"; do takes "$s" c50 && run "$s" c50 180 --clients 50 --messages "$(scaled "$s" "$C50_M")" --size 64; done
+        for s in "${SERVERS[@]}"; do takes "$s" mixed && run "$s" mixed 180 --mix "$MIX" --messages "$C50_M" --size 64; done
         for s in "${SERVERS[@]}"; do takes "$s" c500 && run "$s" c500 300 --clients 500 --messages "$(scaled "$s" "$C500_M")" --size 64; done
         for s in "${SERVERS[@]}"; do takes "$s" big4k && run "$s" big4k 180 --clients 50 --messages "$(scaled "$s" "$BIG_M")" --size 4096; done
     done

@@ -97,10 +97,13 @@ def main():
         return "4 KiB" if v == 4096 else f"{v} B"
 
     p, c50, c500, big, lat = shape("pair"), shape("c50"), shape("c500"), shape("big4k"), shape("latency")
-    small, idle = shape("idle_small"), shape("idle")
+    small, idle, mixed = shape("idle_small"), shape("idle"), shape("mixed")
     t_pair = f"{n(p.get('clients'))} clients × {n(p.get('messages'))} × {size(p.get('size'))}"
     t_c50 = f"{n(c50.get('clients'))} clients × {n(c50.get('messages'))} × {size(c50.get('size'))}"
     t_c500 = f"{n(c500.get('clients'))} clients × {n(c500.get('messages'))} × {size(c500.get('size'))}"
+    kinds = (("frames", "framed"), ("lines", "line"), ("websocket", "WebSocket"))
+    members = " + ".join(f"{n(mixed['clients_' + k])} {w}" for k, w in kinds if mixed.get("clients_" + k))
+    t_mixed = f"mixed room, {members or '?'} clients × {n(mixed.get('messages'))} × {size(mixed.get('size'))}"
     t_big = f"{n(big.get('clients'))} clients × {n(big.get('messages'))} × {size(big.get('size'))}"
     t_lat = f"latency, {n(lat.get('clients'))} clients, {lat.get('rate', 0):,.0f} msg/s"
     t_small = f"{n(small.get('clients'))} idle clients"
@@ -108,6 +111,7 @@ def main():
     rows = [
         (t_pair + " — deliveries/s", "pair", "deliveries_per_s", "rate", 1.0),
         (t_c50 + " — deliveries/s", "c50", "deliveries_per_s", "rate", 1.0),
+        (t_mixed + " — deliveries/s", "mixed", "deliveries_per_s", "rate", 1.0),
         (t_c500 + " — deliveries/s", "c500", "deliveries_per_s", "rate", 1.0),
         (t_big + " — payload MB/s delivered", "big4k", "payload_MBps", "f1", 1.0),
         (t_big + " — deliveries/s", "big4k", "deliveries_per_s", "rate", 1.0),
@@ -158,6 +162,21 @@ def main():
             frac = f" — the chatsock 4 KiB run delivered {big['payload_MBps'] / raw['payload_MBps'] * 100:.0f}% of it"
         print(f"\nLoopback ceiling, {what} (a forked writer, the bench reading; best run): "
               f"**{raw['payload_MBps']:,.0f} MB/s**{frac}.")
+    for s in servers:
+        # The mixed room against c50's all-framed one (same size), and what each kind of
+        # receiving client waited (in a flat-out run: queueing, not a latency figure).
+        mix, _ = cell(s, "mixed", "deliveries_per_s", "rate")
+        c50_rate, _ = cell(s, "c50", "deliveries_per_s", "rate")
+        if not mix:
+            continue
+        line = f"\nMixed room on {s} (median): **{fmt(mix, 'rate')} deliveries/s**"
+        if c50_rate:
+            line += f", {mix / c50_rate:.2f}× c50's all-framed room of the same size"
+        waits = [(w, cell(s, "mixed", f"lat_p50_us_{k}", "f1")[0]) for k, w in kinds]
+        waits = [f"{w} {v / 1e3:,.1f} ms" for w, v in waits if v is not None]
+        if waits:
+            line += "; p50 time from send to receipt, by receiving client: " + ", ".join(waits)
+        print(line + ".")
     lat_floor = [cell("floor", "latency", f, "f1")[0] for f in ("lat_p50_us", "lat_p99_us", "lat_ready_p50_us")]
     if lat_floor[0]:
         line = (f"\nLatency floor, bench/floor_relay (the least a relay can do: one recv per message, one send "
