@@ -1149,6 +1149,13 @@ public:
             }
         }
     }
+    // The end of the input: a last line without its "\n" still counts.
+    template <class OnLine>
+    void finish(OnLine&& on_line) {
+        if (!line_.empty() && line_.back() == '\r') line_.pop_back();
+        if (!failed() && !line_.empty()) on_line(std::string_view(line_));
+        std::string().swap(line_);
+    }
     bool failed() const { return !error_.empty(); }
     const std::string& error() const { return error_; }
     std::size_t buffered() const { return line_.size() + (telnet_ != Telnet::data); }
@@ -1959,6 +1966,12 @@ private:
     void read_from(Connection& c, bool hangup) {
         char buf[65536];
         std::size_t total = 0;
+        bool completed = false;
+        auto on_payload = [&](std::string_view payload) {  // straight from buf, mostly
+            handle_frame(c, payload);
+            completed = true;
+            return c.state != State::closing && !c.dead;
+        };
         while (total < 4 * sizeof buf) {  // a fair share per turn; level-triggered polling
             std::error_code ec;           // brings us back for the rest
             const std::size_t n = recv_some(c.socket.get(), buf, sizeof buf, ec);
@@ -1967,17 +1980,14 @@ private:
                 return;
             }
             if (ec) return close_now(c, "connection lost: " + ec.message());
-            if (n == 0) return peer_finished(c);
+            if (n == 0 && c.info.wire == Wire::lines && c.state != State::closing)
+                c.other->lines.finish(on_payload);  // a last line without its newline
+            if (n == 0) return c.dead ? void() : peer_finished(c);
             total += n;
             // A short read drained the socket: no recv to hear "empty" (level-triggered polling).
             const bool drained = n < sizeof buf && !hangup;
             if (c.state == State::closing) continue;  // discard: we are only waiting for EOF
-            bool completed = false;
-            auto on_payload = [&](std::string_view payload) {  // straight from buf, mostly
-                handle_frame(c, payload);
-                completed = true;
-                return c.state != State::closing && !c.dead;
-            };
+            completed = false;
             decode(c, buf, n, on_payload);
             if (c.dead) return;
             if (const std::string* error = input_error(c)) {

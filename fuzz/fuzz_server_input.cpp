@@ -167,6 +167,7 @@ private:
         if (wire == chatsock::Wire::lines) {
             RefLines lines(std::min<std::size_t>(4096, kMaxPayload));  // max_line, capped
             lines.feed(bytes);
+            lines.finish();  // every input ends with a half-close
             d.frames = lines.lines;
             d.failed = lines.failed;
             protocol_error = "protocol error: " + lines.error();

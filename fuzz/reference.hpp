@@ -207,6 +207,12 @@ struct RefLines {
     void feed(std::string_view bytes) {
         for (char c : bytes) feed(static_cast<unsigned char>(c));
     }
+    // The end of the input: a last line without its newline still counts (as the server does).
+    void finish() {
+        if (!line.empty() && line.back() == '\r') line.pop_back();
+        if (!failed && !line.empty()) lines.push_back(line);
+        line.clear();
+    }
     // What the decoder holds: the line so far, and one for an unfinished telnet sequence.
     std::size_t buffered() const { return failed ? 0 : line.size() + (telnet != data); }
     std::string error() const { return "line over " + std::to_string(max_line) + " bytes"; }

@@ -3,11 +3,13 @@
 //   tests/bin/attack_server [--host H] [--port P] [--log FILE] [--handshake-ms N] [--frame-ms N]
 //                           [--hard BYTES] [--soft BYTES] [--soft-ms N] [--max-clients N]
 //                           [--max-payload BYTES] [--accept-pause-ms N] [--drain-ms N]
-//                           [--spare-fds N]
+//                           [--spare-fds N] [--max-line BYTES] [--no-web]
 //
 // --spare-fds N opens N descriptors after listen(), as a program with files of its own would:
 // listen() fits max_clients to `ulimit -n` without knowing of them, so the server can still run
 // out of descriptors (POSIX only).
+//
+// --no-web turns the HTTP side off (ServerOptions::web = false): the only flag without a value.
 //
 // Defaults are ServerOptions' own (port 0: the OS picks one). Like demo_server, it prints the
 // library's diagnostics on stdout ("listening on ..." first) and stops on SIGINT/SIGTERM.
@@ -40,6 +42,10 @@ int main(int argc, char** argv) {
     options.log_path = "message_log";
     for (int i = 1; i < argc; ++i) {
         const std::string flag = argv[i];
+        if (flag == "--no-web") {
+            options.web = false;
+            continue;
+        }
         if (i + 1 >= argc) {
             std::cerr << "attack_server: " << flag << " needs a value\n";
             return 2;
@@ -75,6 +81,7 @@ int main(int argc, char** argv) {
         else if (flag == "--soft") options.output_soft_limit = n;
         else if (flag == "--max-clients") options.max_clients = n;
         else if (flag == "--max-payload") options.max_payload = n;
+        else if (flag == "--max-line") options.max_line = n;
         else if (flag == "--spare-fds") spare_fds = n;
         else {
             std::cerr << "attack_server: unknown option " << flag << "\n";

@@ -40,7 +40,7 @@ run_doctest "unit tests (Windows, WSAPoll, under wine)" \
     sh -c 'cd "$1" && shift && exec "$@"' sh "$scratch" wine "$ROOT/tests/bin/unit.exe"
 
 # The suites that run the demos through harness.py's DEMO_SERVER and DEMO_CLIENT.
-for script in tests/e2e_demos.py tests/e2e_interop.py tests/e2e_console.py; do
+for script in tests/e2e_demos.py tests/e2e_interop.py tests/e2e_console.py tests/e2e_web.py; do
     run_python "$(basename "$script") (Windows server and client)" \
         env CHATSOCK_SERVER_CMD="$WIN_SERVER" CHATSOCK_CLIENT_CMD="$WIN_CLIENT" python3 "$script"
 done
