@@ -1152,9 +1152,8 @@ public:
     // The end of the input: a last line without its "\n" still counts.
     template <class OnLine>
     void finish(OnLine&& on_line) {
-        if (!line_.empty() && line_.back() == '\r') line_.pop_back();
-        if (!failed() && !line_.empty()) on_line(std::string_view(line_));
-        std::string().swap(line_);
+        telnet_ = Telnet::data;  // an unfinished telnet command ends with the input
+        decode("\n", 1, on_line);
     }
     bool failed() const { return !error_.empty(); }
     const std::string& error() const { return error_; }
