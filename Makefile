@@ -2,7 +2,7 @@
 #   make              build demo_server and demo_client
 #   make test         build and run every test (unit, in-process, end-to-end, interop)
 #   make sanitize     the unit and in-process tests under ASan + UBSan
-#   make valgrind     the server and client in-process tests under valgrind (memcheck)
+#   make valgrind     the server, client and web in-process tests under valgrind (memcheck)
 #   make windows      cross-build demo_server.exe, demo_client.exe and the test runner (MinGW)
 #   make test-windows the unit tests and the end-to-end suites under wine, plus mixed runs
 #   make mutate       plant each bug of the mutation register (tests/mutations.txt) in a copy of
@@ -89,10 +89,10 @@ MUTATE_ARGS ?=
 mutate:
 	python3 tools/mutate.py $(MUTATE_ARGS)
 
-# The server and client in-process tests under valgrind (memcheck): no errors, no definite leaks.
+# The server, client and web in-process tests under valgrind (memcheck): no errors, no definite leaks.
 VALGRIND ?= valgrind --error-exitcode=1 --leak-check=full --errors-for-leak-kinds=definite --quiet
 valgrind: $(BIN)/unit
-	$(VALGRIND) $(BIN)/unit --no-intro -ts=server,client
+	$(VALGRIND) $(BIN)/unit --no-intro -ts=server,client,web
 
 $(BIN)/attack_server_asan: tests/attack_server.cpp chatsock.hpp | $(BIN)
 	@echo "== building the attack suite's server under ASan + UBSan"
@@ -103,6 +103,8 @@ sanitize: $(BIN)/unit_asan $(BIN)/attack_server_asan
 	ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 $(BIN)/unit_asan
 	CHATSOCK_ATTACK_SERVER=$(CURDIR)/$(BIN)/attack_server_asan CHATSOCK_SANITIZED=1 \
 	    CHATSOCK_SOAK_SECONDS=10 python3 tests/e2e_attacks.py
+	CHATSOCK_ATTACK_SERVER=$(CURDIR)/$(BIN)/attack_server_asan CHATSOCK_SANITIZED=1 \
+	    python3 tests/e2e_web.py WebAttacks
 
 # Fuzzing (clang + libFuzzer). Each target runs on a working copy of its seed corpus in
 # fuzz/corpus-work/, so the seeds in fuzz/corpus/ stay as they are; a crash leaves its input

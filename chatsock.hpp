@@ -6,7 +6,8 @@
 //   is the classic Python select() chat's: every frame is a 10-byte ASCII length header
 //   (left-aligned, space-padded) followed by that many bytes of UTF-8. A client's first frame
 //   is its username; the server relays each later frame to every *other* client as two
-//   frames, sender name then text. See docs/PROTOCOL.md.
+//   frames, sender name then text. The same port serves `nc`/telnet as lines ("alice: hi") and
+//   browsers (a built-in chat page, then WebSocket), all in one room. See docs/PROTOCOL.md.
 //
 // BUILD (no other flags, no other files)
 //   Linux, macOS:  g++ -std=c++17 -O2 demo_server.cpp -o demo_server
@@ -38,12 +39,13 @@
 //   1 platform  Socket, socket_t: an owned socket      listen_tcp, accept_tcp, connect_tcp
 //               send_some, recv_some, local_port       parse_port, command_line: UTF-8 args
 //               write_text: UTF-8, even to a console   StdinLines: stdin, line by line
-//   2 poller    Poller (EpollPoller, PollPoller)       PollEvent, want_read, want_write
+//   2 poller    Poller: epoll, or poll()/WSAPoll       PollEvent, want_read, want_write
 //   3 framing   header_size, encode_frame, parse_header, FrameDecoder
 //               is_valid_utf8, is_control, printable, check_username
-//   4 buffers   SharedBytes, encode_message, OutputQueue, ConversationLog
-//   5 server    Server, ServerOptions, ClientInfo, ClientId, stop_on_ctrl_c
-//   6 client    Client, ClientOptions, Message, CloseReason
+//   4 web       Wire, detect_wire, LineDecoder, WebSocketDecoder: lines and browsers
+//   5 buffers   SharedBytes, encode_message, OutputQueue, ConversationLog
+//   6 server    Server, ServerOptions, ClientInfo, ClientId, stop_on_ctrl_c
+//   7 client    Client, ClientOptions, Message, CloseReason
 //
 // CONFIGURATION MACROS (define before including)
 //   CHATSOCK_USE_POLL   use the portable poll() backend even where epoll exists (Linux).
