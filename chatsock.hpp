@@ -1404,7 +1404,6 @@ inline bool has_token(std::string_view value, std::string_view token) {
     }
     return false;
 }
-}  // namespace detail
 
 // What a whole HTTP request asks for: `response` is what to send; `upgrade` when it is a valid
 // WebSocket handshake for the chat (the connection then speaks WebSocket), else the connection
@@ -1444,7 +1443,6 @@ inline HttpAnswer answer_http(std::string_view request, std::string_view page) {
         true};
 }
 
-namespace detail {
 // The chat page a browser gets at "/": it joins the room over a WebSocket on this same port.
 inline constexpr std::string_view chat_page = R"chatsock(<!DOCTYPE html>
 <html lang="en">
@@ -2051,8 +2049,8 @@ private:
             log_.add("refused", c.info.peer, "an HTTP request over 8192 bytes");
             return respond(c, detail::http_error("431 Request Header Fields Too Large"));
         }
-        HttpAnswer answer =
-            answer_http(std::string_view(request).substr(0, ++end), detail::chat_page);
+        detail::HttpAnswer answer =
+            detail::answer_http(std::string_view(request).substr(0, ++end), detail::chat_page);
         if (!answer.upgrade) return respond(c, std::move(answer.response));
         enqueue(c, std::make_shared<const std::string>(std::move(answer.response)));
         c.info.wire = Wire::websocket;

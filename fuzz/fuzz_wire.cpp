@@ -536,7 +536,7 @@ void check_http(unsigned parts, std::string_view rest) {
     request.append(rest.data(), rest.size());
     if (parts & 32) request += "\r\n";  // the blank line that ends it
     const std::string_view page = chatsock::detail::chat_page;
-    const chatsock::HttpAnswer answer = chatsock::answer_http(request, page);
+    const chatsock::detail::HttpAnswer answer = chatsock::detail::answer_http(request, page);
 
     int status = 0;
     std::vector<std::string_view> headers;

@@ -247,7 +247,7 @@ Response parse_response(const std::string& text) {
 // An answer to a request that is not an upgrade: the connection closes after it, and its
 // Content-Length is its body's size.
 Response answer(const std::string& request, std::string_view page = "<p>the page</p>") {
-    const chatsock::HttpAnswer a = chatsock::answer_http(request, page);
+    const chatsock::detail::HttpAnswer a = chatsock::detail::answer_http(request, page);
     CAPTURE(request);
     CHECK_FALSE(a.upgrade);
     Response r = parse_response(a.response);
@@ -774,6 +774,29 @@ TEST_SUITE("web") {
         }
     }
 
+    TEST_CASE("LineDecoder: finish() ends a last line that has no newline, as input ends") {
+        std::vector<std::string> lines;
+        const auto take = [&](std::string_view line) {
+            lines.emplace_back(line);
+            return true;
+        };
+        chatsock::LineDecoder d(8);
+        const std::string in = "one\ntwo\r";
+        d.decode(in.data(), in.size(), take);
+        d.finish(take);
+        CHECK(lines == std::vector<std::string>{"one", "two"});
+        lines.clear();
+        chatsock::LineDecoder whole;  // nothing pending: finish() adds nothing
+        whole.decode("x\n", 2, take);
+        whole.finish(take);
+        CHECK(lines == std::vector<std::string>{"x"});
+        lines.clear();
+        chatsock::LineDecoder iac;  // an unfinished telnet command does not hide the line
+        iac.decode("hi\xff", 3, take);
+        iac.finish(take);
+        CHECK(lines == std::vector<std::string>{"hi"});
+    }
+
     TEST_CASE("LineDecoder: on_line returning false stops at that line") {
         chatsock::LineDecoder d;
         Lines got;
@@ -811,7 +834,7 @@ TEST_SUITE("web") {
         CHECK(cst::elapsed_ms(started) < 3000);
     }
 
-    // ---- WebSocketDecoder ------------------------------------------------------------------------
+    // ---- WebSocketDecoder -----------------------------------------------------------------------
 
     TEST_CASE("WebSocketDecoder: RFC 6455's masked \"Hello\" example, and text messages") {
         Ws d;
@@ -1023,7 +1046,7 @@ TEST_SUITE("web") {
         CHECK(d.buffered() == 0);
     }
 
-    // ---- SHA-1 and base64 ------------------------------------------------------------------------
+    // ---- SHA-1 and base64 -----------------------------------------------------------------------
 
     TEST_CASE("detail::sha1: the RFC 3174 / FIPS 180 vectors") {
         using chatsock::detail::sha1;
@@ -1079,10 +1102,11 @@ TEST_SUITE("web") {
         CHECK(base64(chatsock::detail::sha1("")) == "2jmj7l5rSw0yVb/vlWAYkK/YBwk=");
     }
 
-    // ---- answer_http -------------------------------------------------------------------------------
+    // ---- answer_http ----------------------------------------------------------------------------
 
     TEST_CASE("answer_http: RFC 6455 section 1.3's handshake gets its Sec-WebSocket-Accept") {
-        const chatsock::HttpAnswer a = chatsock::answer_http(upgrade_request(), "page");
+        const chatsock::detail::HttpAnswer a =
+            chatsock::detail::answer_http(upgrade_request(), "page");
         CHECK(a.upgrade);
         CHECK(a.response.rfind("HTTP/1.1 101 Switching Protocols\r\n", 0) == 0);
         CHECK(a.response.find("\r\nSec-WebSocket-Accept: " + rfc_accept + "\r\n") !=
@@ -1095,11 +1119,11 @@ TEST_SUITE("web") {
         CHECK(r.headers.count("content-length") == 0);
         // The accept value is the key's: another key, another value.
         const std::string other = "AQIDBAUGBwgJCgsMDQ4PEA==";  // bytes 1..16
-        const auto b =
-            chatsock::answer_http(upgrade_request("Upgrade: websocket\r\nConnection: "
-                                                  "Upgrade\r\nSec-WebSocket-Key: " +
-                                                  other + "\r\nSec-WebSocket-Version: 13\r\n"),
-                                  "page");
+        const auto b = chatsock::detail::answer_http(
+            upgrade_request("Upgrade: websocket\r\nConnection: "
+                            "Upgrade\r\nSec-WebSocket-Key: " +
+                            other + "\r\nSec-WebSocket-Version: 13\r\n"),
+            "page");
         CHECK(b.upgrade);
         CHECK(parse_response(b.response).headers["sec-websocket-accept"] ==
               chatsock::detail::base64(
@@ -1177,7 +1201,7 @@ TEST_SUITE("web") {
         }
         // Without Connection: Upgrade it is no handshake.
         CHECK_FALSE(
-            chatsock::answer_http(
+            chatsock::detail::answer_http(
                 upgrade_request("Upgrade: websocket\r\nConnection: keep-alive\r\n" + key + v13),
                 "page")
                 .upgrade);
@@ -1200,24 +1224,25 @@ TEST_SUITE("web") {
         };
         for (const std::string& headers : handshakes) {
             CAPTURE(headers);
-            const chatsock::HttpAnswer a = chatsock::answer_http(upgrade_request(headers), "page");
+            const chatsock::detail::HttpAnswer a =
+                chatsock::detail::answer_http(upgrade_request(headers), "page");
             CHECK(a.upgrade);
             CHECK(parse_response(a.response).headers["sec-websocket-accept"] == rfc_accept);
         }
         // Lines ending in a bare \n work too.
         std::string bare = upgrade_request();
         for (std::size_t at; (at = bare.find("\r\n")) != std::string::npos;) bare.erase(at, 1);
-        CHECK(chatsock::answer_http(bare, "page").upgrade);
+        CHECK(chatsock::detail::answer_http(bare, "page").upgrade);
         // A token must be whole: "upgrade-insecure" is not "upgrade".
-        CHECK_FALSE(
-            chatsock::answer_http(upgrade_request("Upgrade: websocket\r\nConnection: "
-                                                  "upgrade-insecure\r\nSec-WebSocket-Key: " +
-                                                  rfc_key + "\r\nSec-WebSocket-Version: 13\r\n"),
-                                  "page")
-                .upgrade);
+        CHECK_FALSE(chatsock::detail::answer_http(
+                        upgrade_request("Upgrade: websocket\r\nConnection: "
+                                        "upgrade-insecure\r\nSec-WebSocket-Key: " +
+                                        rfc_key + "\r\nSec-WebSocket-Version: 13\r\n"),
+                        "page")
+                        .upgrade);
     }
 
-    // ---- server frames, JSON, events ---------------------------------------------------------------
+    // ---- server frames, JSON, events ------------------------------------------------------------
 
     TEST_CASE("detail::append_websocket_frame: header bytes exactly as RFC 6455 says") {
         using chatsock::detail::append_websocket_frame;
@@ -1329,7 +1354,7 @@ TEST_SUITE("web") {
         CHECK(shared.as(Wire::lines).get() != shared.as(Wire::websocket).get());
     }
 
-    // ---- the server: three kinds of client in one room ---------------------------------------------
+    // ---- the server: three kinds of client in one room ------------------------------------------
 
     TEST_CASE("server: a line client and a framed client see each other's messages and joins") {
         cst::LoggedServer chat;
@@ -1694,5 +1719,106 @@ TEST_SUITE("web") {
         REQUIRE(cst::pump(
             chat.server, [&] { return bob.got("* alice joined\r\n"); }, alice, bob));
         CHECK(wires == std::map<std::string, std::string>{{"alice", "frames"}, {"bob", "lines"}});
+    }
+    // ---- the room's rules are the same for every kind of client -----------------------------
+
+    TEST_CASE("server: announce_up_to and the name rules hold for line and WebSocket clients") {
+        auto options = cst::quiet_options();
+        options.announce_up_to = 2;
+        chatsock::Server server(options);
+        const auto port = cst::start(server);
+        BytePeer bob;
+        bob.connect(port);
+        REQUIRE(bob.send("bob\n"));
+        REQUIRE(cst::pump(
+            server, [&] { return bob.got("* welcome, bob! 0 other users online\r\n"); }, bob));
+        Browser ann;
+        ann.handshake(server, port);
+        REQUIRE(ann.send(text_frame("ann")));
+        REQUIRE(cst::pump(
+            server,
+            [&] {
+                return ann.got_text(notice_json("welcome, ann! 1 other user online")) &&
+                       bob.got("* ann joined\r\n");
+            },
+            bob, ann));
+        // A third user makes the room bigger than announce_up_to: nobody hears of the join.
+        BytePeer cy;
+        cy.connect(port);
+        REQUIRE(cy.send("cy\n"));
+        REQUIRE(cst::pump(
+            server, [&] { return cy.got("\r\n"); }, bob, ann, cy));
+        CHECK(cy.received ==
+              "* welcome, cy! 2 other users online; joins and leaves are not announced in a "
+              "room this big\r\n");
+        cst::run_for(milliseconds(50), server, bob, ann, cy);
+        CHECK_FALSE(bob.got("cy joined"));
+        CHECK_FALSE(ann.got("cy joined"));
+
+        // The name rules: a name taken in another case, the reserved name in any case.
+        Browser dup;
+        dup.handshake(server, port);
+        REQUIRE(dup.send(text_frame("BOB")));
+        REQUIRE(cst::pump(
+            server,
+            [&] { return dup.got_text(notice_json("name refused: the name \"BOB\" is taken")); },
+            bob, ann, cy, dup));
+        BytePeer reserved;
+        reserved.connect(port);
+        REQUIRE(reserved.send("Server\n"));
+        REQUIRE(cst::pump(
+            server,
+            [&] { return reserved.got("* name refused: the name \"Server\" is reserved\r\n"); },
+            bob, ann, cy, reserved));
+    }
+
+    TEST_CASE("server: a line or WebSocket client that stops reading is cut off like any other") {
+        for (const bool web : {false, true}) {
+            CAPTURE(web);
+            auto options = cst::quiet_options();
+            options.output_soft_limit = 128 * 1024;
+            options.output_hard_limit = 256 * 1024;
+            chatsock::Server server(options);
+            const auto port = cst::start(server);
+            ChatUser alice;
+            cst::join_wait(server, alice, port, "alice");
+            Browser slow;  // joins, then never reads again
+            if (web) {
+                slow.handshake(server, port);
+                REQUIRE(slow.send(text_frame("slow")));
+            } else {
+                slow.connect(port);
+                REQUIRE(slow.send("slow\n"));
+            }
+            REQUIRE(cst::pump(
+                server, [&] { return alice.got("server", "slow joined"); }, alice));
+            // Far more than the kernel's buffers and the hard limit together, in big messages.
+            const std::string big(60000, 'x');
+            const std::string why = "too slow: output queue over 262144 bytes";
+            for (int i = 0; i < 2000 && !alice.got("server", "slow left (" + why + ")"); ++i) {
+                REQUIRE_FALSE(alice.client.send(big));
+                cst::run_for(milliseconds(1), server, alice);
+            }
+            CHECK(alice.got("server", "slow left (" + why + ")"));
+        }
+    }
+
+    TEST_CASE("server: exit_when_empty returns once the last user, a line client, has left") {
+        auto options = cst::quiet_options();
+        options.exit_when_empty = true;
+        chatsock::Server server(options);
+        const auto port = cst::start(server);
+        BytePeer bob;
+        bob.connect(port);
+        REQUIRE(bob.send("bob\n"));
+        REQUIRE(cst::pump(
+            server, [&] { return bob.got("* welcome, bob! 0 other users online\r\n"); }, bob));
+        bob.close();
+        cst::StopWatchdog watchdog(server, milliseconds(4000));
+        const auto t0 = Clock::now();
+        CHECK_FALSE(server.run());
+        watchdog.disarm();
+        CHECK_FALSE(watchdog.fired());
+        CHECK(cst::elapsed_ms(t0) < 3000);
     }
 }  // TEST_SUITE("web")
