@@ -3,6 +3,7 @@
 #   make test         build and run every test (unit, in-process, end-to-end, interop)
 #   make sanitize     the unit and in-process tests under ASan + UBSan
 #   make valgrind     the server, client and web in-process tests under valgrind (memcheck)
+#   make tsan         Server::post() from 8 threads under ThreadSanitizer
 #   make windows      cross-build demo_server.exe, demo_client.exe and the test runner (MinGW)
 #   make test-windows the unit tests and the end-to-end suites under wine, plus mixed runs
 #   make mutate       plant each bug of the mutation register (tests/mutations.txt) in a copy of
@@ -99,6 +100,13 @@ $(BIN)/attack_server_asan: tests/attack_server.cpp chatsock.hpp | $(BIN)
 	$(CXX) $(TESTFLAGS) $(SANFLAGS) tests/attack_server.cpp -o $@
 
 # The unit tests, then the attack suite against a sanitized server (shorter soak).
+# Threads meet only in Server::post(): its tests, under ThreadSanitizer (g++'s libtsan).
+$(BIN)/unit_tsan: tests/test_post.cpp tests/main.cpp chatsock.hpp tests/support.hpp | $(BIN)
+	$(CXX) $(TESTFLAGS) -fsanitize=thread tests/test_post.cpp tests/main.cpp -o $@ -pthread
+
+tsan: $(BIN)/unit_tsan
+	TSAN_OPTIONS=halt_on_error=1 $(BIN)/unit_tsan --no-intro
+
 sanitize: $(BIN)/unit_asan $(BIN)/attack_server_asan
 	ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 $(BIN)/unit_asan
 	CHATSOCK_ATTACK_SERVER=$(CURDIR)/$(BIN)/attack_server_asan CHATSOCK_SANITIZED=1 \
@@ -145,4 +153,4 @@ clean:
 	rm -rf $(BIN) build demo_server demo_client demo_server.exe demo_client.exe
 	rm -f bench/chatsock_bench bench/floor_relay
 
-.PHONY: all test mutate valgrind sanitize clean windows test-windows fuzz bench
+.PHONY: all test mutate valgrind sanitize tsan clean windows test-windows fuzz bench

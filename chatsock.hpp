@@ -104,6 +104,7 @@
 #  include <sys/socket.h>
 #  include <sys/uio.h>
 #  include <unistd.h>
+#  include <mutex>
 #  if defined(__linux__) && !defined(CHATSOCK_USE_POLL)
 #    include <sys/epoll.h>
 #    define CHATSOCK_HAS_EPOLL 1
@@ -638,6 +639,32 @@ inline void catch_stop_signals() {
     ::sigaction(SIGTERM, &action, nullptr);
 }
 #endif
+
+// A lock for where threads meet (Server::post). MinGW's default thread model has no std::mutex,
+// so Windows uses its own slim lock. Locked holds one for a scope.
+class Lock {
+public:
+#if defined(_WIN32)
+    void lock() { ::AcquireSRWLockExclusive(&lock_); }
+    void unlock() { ::ReleaseSRWLockExclusive(&lock_); }
+
+private:
+    SRWLOCK lock_ = SRWLOCK_INIT;
+#else
+    void lock() { mutex_.lock(); }
+    void unlock() { mutex_.unlock(); }
+
+private:
+    std::mutex mutex_;
+#endif
+};
+struct Locked {
+    explicit Locked(Lock& lock) : lock_(lock) { lock_.lock(); }
+    ~Locked() { lock_.unlock(); }
+    Locked(const Locked&) = delete;
+    Locked& operator=(const Locked&) = delete;
+    Lock& lock_;
+};
 }  // namespace detail
 
 // Standard input line by line, on a descriptor a poller can watch (Client::poll does). WSAPoll
@@ -1828,6 +1855,7 @@ public:
             if (ev.readable || ev.hangup) read_from(c, ev.hangup);
             if (ev.writable && !c.dead) mark_dirty(c);
         }
+        run_posted();  // what other threads asked for
         check_deadlines();
         finish_iteration();
         return {};
@@ -1836,6 +1864,17 @@ public:
     void stop() noexcept {
         stop_requested_.store(true);
         poller_.wake();
+    }
+    // Runs `task` on the loop's thread, soon: safe from any thread (a game loop, a timer). Tasks
+    // run in the order posted. Once stop() has been called, returns false and drops the task.
+    bool post(std::function<void()> task) {
+        {
+            detail::Locked hold(posted_lock_);
+            if (stop_requested_.load()) return false;
+            posted_.push_back(std::move(task));
+        }
+        poller_.wake();  // the loop may be asleep in its wait
+        return true;
     }
     // Sends one message to one client (from the server's name unless `from` is given).
     void send_to(ClientId id, std::string_view text, std::string_view from = {}) {
@@ -2335,8 +2374,19 @@ private:
         }
         log_.flush(options_.diagnostics);
     }
-    // stop(): relay what has arrived, say goodbye, let the queues drain, close.
+    // The tasks post() queued, on this thread. The lock is held only to take the list: a task
+    // may post again (it then runs next turn).
+    void run_posted() {
+        {
+            detail::Locked taking(posted_lock_);
+            posting_.swap(posted_);
+        }
+        for (auto& task : posting_) task();
+        posting_.clear();
+    }
+    // stop(): run what was posted, relay what has arrived, say goodbye, let the queues drain.
     void shut_down() {
+        run_posted();  // posted before stop(): accepted, so it runs
         poller_.remove(listener_.get());
         listener_.close();
         // Messages that reached us before the stop are still relayed and logged.
@@ -2388,6 +2438,8 @@ private:
     std::vector<PollEvent> events_;
     ClientId next_id_ = 1;
     std::atomic<bool> stop_requested_{false};
+    detail::Lock posted_lock_;                             // guards posted_, the one list
+    std::vector<std::function<void()>> posted_, posting_;  // that other threads touch
     bool listening_ = false, had_users_ = false;
     bool accept_paused_logged_ = false;
 };

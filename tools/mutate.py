@@ -15,6 +15,7 @@ it becomes. `test` is the narrowest command that must catch it:
     unit FILE DOCTEST-ARGS...      tests/FILE.cpp alone, built against the mutant, run with the
                                    doctest arguments (a filter, in shell quoting)
     unit-poll FILE DOCTEST-ARGS... the same with the poll() backend forced
+    tsan FILE DOCTEST-ARGS...      the same under ThreadSanitizer (a race fails the test)
     e2e SCRIPT TEST...             demo_server, demo_client and attack_server built from the
                                    mutant, then python3 tests/SCRIPT with the named tests
 
@@ -110,7 +111,7 @@ def read_register(path):
 
 def parse_test(entry):
     words = shlex.split(entry["test"])
-    if len(words) < 2 or words[0] not in ("unit", "unit-poll", "e2e"):
+    if len(words) < 2 or words[0] not in ("unit", "unit-poll", "tsan", "e2e"):
         raise RegisterError(f"{entry['id']}: test must be 'unit FILE ...', 'unit-poll FILE ...' "
                             f"or 'e2e SCRIPT TEST...': {entry['test']}")
     if words[0] == "e2e" and len(words) < 3:
@@ -179,7 +180,7 @@ class Workspace:
                 if rc != 0:
                     return False, out
             # The test file and second_tu.cpp (which some tests call into) compile side by side.
-            extra = ["-DCHATSOCK_USE_POLL"] if kind == "unit-poll" else []
+            extra = {"unit-poll": ["-DCHATSOCK_USE_POLL"], "tsan": ["-fsanitize=thread"]}.get(kind, [])
             objects = [os.path.join(self.bin, f"{kind}-{src}.o") for src in (name, "second_tu")]
             jobs = [subprocess.Popen([CXX, *CXXFLAGS, *extra, "-I.", "-c", f"tests/{src}.cpp",
                                       "-o", obj], cwd=self.dir, stdout=subprocess.PIPE,
@@ -189,7 +190,8 @@ class Workspace:
             if any(j.returncode != 0 for j in jobs):
                 return False, "".join(outs)
             rc, out = self.run([CXX, *objects, self.main_o, "-o", self.binary(kind, name),
-                                "-pthread"], 600)
+                                "-pthread", *(["-fsanitize=thread"] if kind == "tsan" else [])],
+                               600)
         if rc == 0:
             self.built[key] = header_text
         return rc == 0, out
