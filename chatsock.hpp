@@ -1888,6 +1888,24 @@ public:
     void disconnect(ClientId id, std::string_view reason) {
         if (Connection* c = live(id)) refuse(*c, std::string(reason));
     }
+    // Renames a joined user, under the rules of a name at join; returns why not (empty: done).
+    // The log records it; telling the room is the caller's policy (see enable_commands).
+    std::string rename(ClientId id, const std::string& name) {
+        Connection* c = live(id);
+        if (!c || c->state != State::joined) return "no such user";
+        const std::string problem = name_problem(name, c->info.name);
+        if (!problem.empty()) return problem;
+        names_in_use_.erase(detail::ascii_lower(c->info.name));
+        names_in_use_.insert(detail::ascii_lower(name));
+        log_.add("nick", c->info.name, name);
+        c->info.name = name;
+        return {};
+    }
+    // Adds an event of the program's own to the conversation log (a command's private message).
+    void log_event(std::string_view kind, std::string_view who, std::string_view text) {
+        log_.add(kind, who, text);
+    }
+
     std::size_t client_count() const { return joined_; }  // joined users
     std::size_t connection_count() const { return connections_.size(); }
     std::vector<ClientInfo> clients() const {
@@ -2154,12 +2172,18 @@ private:
         log_.add("message", c.info.name, text);
         relay(detail::Outgoing(c.info.name, text, false), c.info.id);
     }
+    // Why `name` cannot be used (empty: it can): the name rules, then no other user may have it
+    // in any ASCII case (`current`, a user's own name, does not count).
+    std::string name_problem(const std::string& name, const std::string& current = {}) const {
+        std::string problem = check_username(name, options_.server_name, options_.max_name_bytes);
+        const std::string key = detail::ascii_lower(name);
+        if (problem.empty() && key != detail::ascii_lower(current) && names_in_use_.count(key))
+            problem = "the name \"" + name + "\" is taken";
+        return problem;
+    }
     void handle_username(Connection& c, std::string_view frame) {
         std::string name(frame);
-        std::string problem = check_username(name, options_.server_name, options_.max_name_bytes);
-        if (problem.empty() && names_in_use_.count(detail::ascii_lower(name)))
-            problem = "the name \"" + name + "\" is taken";
-        if (!problem.empty()) {
+        if (std::string problem = name_problem(name); !problem.empty()) {
             log_.add("refused", c.info.peer, problem);
             say("refused " + c.info.peer + ": " + problem);
             return refuse(c, "name refused: " + problem);
@@ -2633,6 +2657,76 @@ private:
     std::string close_detail_;
     std::vector<PollEvent> events_;
 };
+
+// ==== 8. Chat commands: the worked example of the public API ====================================
+// /who, /msg NAME TEXT, /me TEXT, /nick NAME, /quit [REASON], /help; "//text" sends "/text".
+// Only Server's public callbacks and functions are used, as a program of yours would use them.
+namespace detail {
+inline void run_command(Server& server, const ClientInfo& who, const std::string& line) {
+    const std::size_t space = std::min(line.find(' '), line.size());
+    const std::string command = ascii_lower(line.substr(0, space));
+    std::string rest = line.substr(std::min(line.find_first_not_of(' ', space), line.size()));
+    const std::size_t limit = server.options().max_payload;  // what any client accepts
+    const auto tell = [&](const std::string& text) {
+        server.send_to(who.id, text.size() <= limit ? text : "too long to send");
+    };
+    if (command == "/help") {
+        tell(
+            "commands: /who, /msg NAME TEXT, /me TEXT, /nick NAME, /quit [REASON], /help; "
+            "//text sends /text");
+    } else if (command == "/who") {
+        std::vector<std::string> names;
+        for (const ClientInfo& c : server.clients()) names.push_back(c.name);
+        std::sort(names.begin(), names.end());
+        std::string list = std::to_string(names.size()) + " online";
+        const std::size_t shown = std::min(names.size(), server.options().announce_up_to);
+        if (shown < names.size()) list += "; the first " + std::to_string(shown);
+        for (std::size_t i = 0; i < shown && list.size() + names[i].size() + 2 < limit; ++i)
+            list += (i == 0 ? ": " : ", ") + names[i];
+        tell(list);
+    } else if (command == "/msg") {
+        const std::size_t gap = std::min(rest.find(' '), rest.size());
+        const std::string name = rest.substr(0, gap),
+                          text = rest.substr(std::min(gap + 1, rest.size()));
+        if (name.empty() || text.empty()) return tell("usage: /msg NAME TEXT");
+        for (const ClientInfo& c : server.clients()) {
+            if (ascii_lower(c.name) != ascii_lower(name)) continue;
+            const std::string note = "private from " + who.name + ": " + text;
+            if (note.size() > limit) return tell("too long to send");
+            server.send_to(c.id, note);  // a notice: no user can forge one
+            server.log_event("private", who.name, "to " + c.name + ": " + text);
+            return tell("private to " + c.name + ": " + text);
+        }
+        tell("no user named \"" + name + "\"");
+    } else if (command == "/me") {
+        if (rest.empty()) return tell("usage: /me TEXT");
+        if (who.name.size() + 1 + rest.size() > limit) return tell("too long to send");
+        server.broadcast(who.name + " " + rest, {}, who.id);  // a notice: "* alice waves"
+        server.log_event("action", who.name, rest);
+    } else if (command == "/nick") {
+        if (rest.empty()) return tell("usage: /nick NAME");
+        const std::string old_name = who.name;  // `who` is the user's own: it changes with it
+        const std::string problem = server.rename(who.id, rest);
+        if (!problem.empty()) return tell("name refused: " + problem);
+        server.broadcast(old_name + " is now known as " + rest);
+    } else if (command == "/quit") {
+        server.disconnect(who.id, rest.empty() ? "left" : rest);
+    } else {
+        tell("unknown command " + command + "; /help lists the commands");
+    }
+}
+}  // namespace detail
+
+// Turns the commands on. A message that is not a command goes on to the on_message that was
+// there before; a command is never relayed.
+inline void enable_commands(Server& server) {
+    server.on_message = [&server, next = std::move(server.on_message)](const ClientInfo& who,
+                                                                       std::string& text) {
+        if (text.compare(0, 2, "//") == 0) text.erase(0, 1);  // "//text": "/text", relayed
+        else if (text.compare(0, 1, "/") == 0) return detail::run_command(server, who, text), false;
+        return !next || next(who, text);
+    };
+}
 
 }  // namespace chatsock
 

@@ -6,7 +6,8 @@
 //   Run:    ./demo_server [host] [port] [logfile]     defaults: 127.0.0.1 1234 message_log
 //
 // Clients connect, send a username, then chat: each message goes to everyone else, and every
-// event is appended to the log file. Ctrl+C stops the server cleanly.
+// event is appended to the log file. Framed clients, nc/telnet and browsers share the room; the
+// chat commands are on. Ctrl+C stops the server cleanly.
 #include "chatsock.hpp"
 
 #include <string>
@@ -36,8 +37,9 @@ int main(int argc, char** argv) {
     };
 
     chatsock::Server server(options);
-    chatsock::stop_on_ctrl_c(server);  // Ctrl+C or SIGTERM: tell everyone, flush, close
-    std::string attempt;               // (handler first: "listening" means stoppable)
+    chatsock::enable_commands(server);  // /who, /msg, /me, /nick, /quit, /help
+    chatsock::stop_on_ctrl_c(server);   // Ctrl+C or SIGTERM: tell everyone, flush, close
+    std::string attempt;                // (handler first: "listening" means stoppable)
     if (std::error_code ec = server.listen(&attempt)) return fail(attempt + ": " + ec.message(), 1);
     if (std::error_code ec = server.run()) return fail(ec.message(), 1);
     return 0;

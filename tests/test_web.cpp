@@ -1821,4 +1821,47 @@ TEST_SUITE("web") {
         CHECK_FALSE(watchdog.fired());
         CHECK(cst::elapsed_ms(t0) < 3000);
     }
+    TEST_CASE("server: the chat commands work the same for line and WebSocket clients") {
+        cst::LoggedServer chat;
+        chatsock::enable_commands(chat.server);
+        ChatUser alice;
+        cst::join_wait(chat.server, alice, chat.port, "alice");
+        BytePeer bob;
+        bob.connect(chat.port);
+        REQUIRE(bob.send("bob\n"));
+        Browser ann;
+        ann.handshake(chat.server, chat.port);
+        REQUIRE(ann.send(text_frame("ann")));
+        REQUIRE(cst::pump(
+            chat.server,
+            [&] { return alice.got("server", "bob joined") && alice.got("server", "ann joined"); },
+            alice, bob, ann));
+        REQUIRE(bob.send("/who\n"));
+        REQUIRE(cst::pump(
+            chat.server, [&] { return bob.got("* 3 online: alice, ann, bob\r\n"); }, alice, bob,
+            ann));
+        REQUIRE(ann.send(text_frame("/msg bob psst")));
+        REQUIRE(cst::pump(
+            chat.server,
+            [&] {
+                return bob.got("* private from ann: psst\r\n") &&
+                       ann.got_text(notice_json("private to bob: psst"));
+            },
+            alice, bob, ann));
+        CHECK_FALSE(alice.got_text_starting("private"));
+        REQUIRE(bob.send("/me waves\n"));
+        REQUIRE(cst::pump(
+            chat.server,
+            [&] {
+                return ann.got_text(notice_json("bob waves")) && alice.got("server", "bob waves");
+            },
+            alice, bob, ann));
+        REQUIRE(ann.send(text_frame("/nick annie")));
+        REQUIRE(cst::pump(
+            chat.server, [&] { return bob.got("* ann is now known as annie\r\n"); }, alice, bob,
+            ann));
+        REQUIRE(ann.send(text_frame("//slash")));
+        REQUIRE(cst::pump(
+            chat.server, [&] { return bob.got("annie: /slash\r\n"); }, alice, bob, ann));
+    }
 }  // TEST_SUITE("web")

@@ -17,7 +17,7 @@ import sys
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MAX_COLUMNS = 100
 # The manual and includes before layer 1 count with it.
-LAYER_BUDGETS = {"1": 790, "2": 115, "3": 235, "4": 480, "5": 190, "6": 710, "7": 190}
+LAYER_BUDGETS = {"1": 790, "2": 115, "3": 235, "4": 480, "5": 190, "6": 730, "7": 190, "8": 90}
 
 
 def lines_of(name):
@@ -54,7 +54,7 @@ def main():
         check(not long_lines, f"{name}: no line over {MAX_COLUMNS} columns" +
               (f" (lines {long_lines})" if long_lines else ""))
     starts = [(i, line[8]) for i, line in enumerate(header) if line.startswith("// ==== ")]
-    check([n for _, n in starts] == sorted(LAYER_BUDGETS), "the layers are 1 to 7, in order")
+    check([n for _, n in starts] == sorted(LAYER_BUDGETS), "the layers are 1 to 8, in order")
     for k, (start, number) in enumerate(starts):
         end = starts[k + 1][0] if k + 1 < len(starts) else len(header)
         size = end - (0 if k == 0 else start)
