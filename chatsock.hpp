@@ -1789,6 +1789,7 @@ struct ServerOptions {
     milliseconds stop_drain_time{2000};  // stop(): time for queued output to reach clients
     milliseconds accept_pause{100};      // out of file descriptors: pause accepting this long
     bool exit_when_empty = false;        // run() returns once the last user has left
+    std::size_t history = 20;            // recent messages replayed to a newcomer; 0: none
     // One line per event for a human (listening, joins, refusals, errors); nullptr: silence.
     std::function<void(std::string_view line)> diagnostics = [](std::string_view line) {
         write_text(stderr, "chatsock: " + std::string(line) + "\n");
@@ -2171,6 +2172,27 @@ private:
     void deliver(Connection& c, std::string_view text) {
         log_.add("message", c.info.name, text);
         relay(detail::Outgoing(c.info.name, text, false), c.info.id);
+        remember(c.info.name, text);
+    }
+    // The last `history` messages, in a ring whose strings keep their memory: a newcomer gets
+    // them after the welcome, as notices "[03:39:03] alice: hello" (UTC). Only what was relayed
+    // to the room: never a private message.
+    void remember(const std::string& from, std::string_view text) {
+        if (options_.history == 0) return;
+        if (history_.size() < options_.history) history_.emplace_back();
+        Remembered& r = history_[history_next_];
+        r.when = std::chrono::system_clock::now();
+        r.from = from;
+        r.text.assign(text);
+        history_next_ = (history_next_ + 1) % options_.history;
+    }
+    void replay_history(Connection& c) {
+        for (std::size_t i = 0; i < history_.size(); ++i) {  // the oldest first
+            const Remembered& r = history_[(history_next_ + i) % history_.size()];
+            const std::string note =
+                "[" + detail::utc_timestamp(r.when).substr(11, 8) + "] " + r.from + ": " + r.text;
+            if (note.size() <= options_.max_payload) send_to(c.info.id, note);  // else: left out
+        }
     }
     // Why `name` cannot be used (empty: it can): the name rules, then no other user may have it
     // in any ASCII case (`current`, a user's own name, does not count).
@@ -2204,6 +2226,7 @@ private:
                 "welcome, " + c.info.name + "! " + std::to_string(others) +
                     (others == 1 ? " other user" : " other users") + " online" +
                     (announce ? "" : "; joins and leaves are not announced in a room this big"));
+        replay_history(c);
         if (announce) broadcast(c.info.name + " joined", {}, c.info.id);
         if (on_join) on_join(c.info);
     }
@@ -2461,6 +2484,12 @@ private:
     std::vector<socket_t> doomed_, doomed_now_;  // working copies
     std::vector<PollEvent> events_;
     ClientId next_id_ = 1;
+    struct Remembered {
+        std::chrono::system_clock::time_point when;
+        std::string from, text;
+    };
+    std::vector<Remembered> history_;  // see remember()
+    std::size_t history_next_ = 0;
     std::atomic<bool> stop_requested_{false};
     detail::Lock posted_lock_;                             // guards posted_, the one list
     std::vector<std::function<void()>> posted_, posting_;  // that other threads touch

@@ -3,7 +3,7 @@
 //   tests/bin/attack_server [--host H] [--port P] [--log FILE] [--handshake-ms N] [--frame-ms N]
 //                           [--hard BYTES] [--soft BYTES] [--soft-ms N] [--max-clients N]
 //                           [--max-payload BYTES] [--accept-pause-ms N] [--drain-ms N]
-//                           [--spare-fds N] [--max-line BYTES] [--no-web]
+//                           [--spare-fds N] [--max-line BYTES] [--history N] [--no-web]
 //
 // --spare-fds N opens N descriptors after listen(), as a program with files of its own would:
 // listen() fits max_clients to `ulimit -n` without knowing of them, so the server can still run
@@ -82,6 +82,7 @@ int main(int argc, char** argv) {
         else if (flag == "--max-clients") options.max_clients = n;
         else if (flag == "--max-payload") options.max_payload = n;
         else if (flag == "--max-line") options.max_line = n;
+        else if (flag == "--history") options.history = n;
         else if (flag == "--spare-fds") spare_fds = n;
         else {
             std::cerr << "attack_server: unknown option " << flag << "\n";

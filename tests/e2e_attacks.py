@@ -383,7 +383,8 @@ class BadHeaders(AttackTestCase):
     ]
 
     def test_bad_headers_from_joined_clients(self):
-        server, port = self.start_attack_server()
+        # No history: each newcomer's first notice after its welcome is then its refusal.
+        server, port = self.start_attack_server("--history", 0)
         alice, bob = self.join(port, "alice"), self.join(port, "bob")
         self.expect(alice, "server", "bob joined")
         rss0 = rss_bytes(server.p.pid)

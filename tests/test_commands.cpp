@@ -45,7 +45,7 @@ TEST_SUITE("commands") {
         CHECK(room.chat.log().find("\tmessage\t") == std::string::npos);  // commands: not logged
     }
 
-    TEST_CASE("commands: //text sends /text as a message; text without a slash is a message") {
+    TEST_CASE("commands: //text sends /text as a message, text without a slash is a message") {
         CommandRoom room;
         ChatUser alice, bob;
         cst::join_wait(room.chat.server, alice, room.chat.port, "alice");
@@ -57,7 +57,7 @@ TEST_SUITE("commands") {
             bob));
     }
 
-    TEST_CASE("commands: /who lists who is online, sorted; a big room gives the count and some") {
+    TEST_CASE("commands: /who lists who is online, sorted, a big room gives the count and some") {
         CommandRoom room;
         ChatUser carol, alice, bob;
         cst::join_wait(room.chat.server, carol, room.chat.port, "carol");
@@ -127,7 +127,7 @@ TEST_SUITE("commands") {
             room, alice, "/me", [&] { return alice.got("server", "usage: /me TEXT"); }, bob));
     }
 
-    TEST_CASE("commands: /nick renames under the join rules; everyone is told; the log too") {
+    TEST_CASE("commands: /nick renames under the join rules, everyone is told, the log too") {
         CommandRoom room;
         ChatUser alice, bob;
         cst::join_wait(room.chat.server, alice, room.chat.port, "alice");
@@ -203,3 +203,93 @@ TEST_SUITE("commands") {
         CHECK_FALSE(bob.got("alice", "drop me"));
     }
 }  // TEST_SUITE("commands")
+
+TEST_SUITE("history") {
+    // The notices a user got after its welcome, in order.
+    std::vector<std::string> after_welcome(const ChatUser& user) {
+        std::vector<std::string> out = user.texts_from("server");
+        if (!out.empty()) out.erase(out.begin());
+        return out;
+    }
+    // "[03:39:03] alice: hello" without its time.
+    std::string untimed(const std::string& note) {
+        REQUIRE(note.size() > 11);
+        CHECK(note[0] == '[');
+        CHECK(note[3] == ':');
+        CHECK(note[6] == ':');
+        CHECK(note.compare(9, 2, "] ") == 0);
+        return note.substr(11);
+    }
+
+    TEST_CASE("history: a newcomer gets the last N messages after its welcome, oldest first") {
+        cst::LoggedServer chat([](chatsock::ServerOptions& o) { o.history = 3; });
+        ChatUser alice, bob;
+        cst::join_wait(chat.server, alice, chat.port, "alice");
+        cst::join_wait(chat.server, bob, chat.port, "bob");
+        for (const char* text : {"one", "two", "three", "four", "five"}) {
+            REQUIRE_FALSE((std::string(text) == "four" ? bob : alice).client.send(text));
+            REQUIRE(cst::pump(
+                chat.server, [&] { return alice.got_text(text) || bob.got_text(text); }, alice,
+                bob));
+        }
+        ChatUser carol;
+        cst::join_wait(chat.server, carol, chat.port, "carol");
+        REQUIRE(cst::pump(
+            chat.server, [&] { return after_welcome(carol).size() >= 3; }, alice, bob, carol));
+        cst::run_for(milliseconds(30), chat.server, alice, bob, carol);
+        const auto old = after_welcome(carol);
+        REQUIRE(old.size() == 3);
+        CHECK(untimed(old[0]) == "alice: three");
+        CHECK(untimed(old[1]) == "bob: four");
+        CHECK(untimed(old[2]) == "alice: five");
+        CHECK(carol.count_from("alice") == 0);  // as notices, so nobody mistakes them for new
+    }
+
+    TEST_CASE("history: 0 turns it off, private messages and commands are never replayed") {
+        cst::LoggedServer off([](chatsock::ServerOptions& o) { o.history = 0; });
+        ChatUser a, b;
+        cst::join_wait(off.server, a, off.port, "a");
+        REQUIRE_FALSE(a.client.send("hello"));
+        cst::run_for(milliseconds(30), off.server, a);
+        cst::join_wait(off.server, b, off.port, "b");
+        cst::run_for(milliseconds(30), off.server, a, b);
+        CHECK(after_welcome(b).empty());
+
+        cst::LoggedServer chat;  // the default: 20
+        chatsock::enable_commands(chat.server);
+        ChatUser alice, bob;
+        cst::join_wait(chat.server, alice, chat.port, "alice");
+        cst::join_wait(chat.server, bob, chat.port, "bob");
+        REQUIRE_FALSE(alice.client.send("/msg bob a secret"));
+        REQUIRE_FALSE(alice.client.send("/me waves"));
+        REQUIRE_FALSE(alice.client.send("in the open"));
+        REQUIRE(cst::pump(
+            chat.server, [&] { return bob.got("alice", "in the open"); }, alice, bob));
+        ChatUser carol;
+        cst::join_wait(chat.server, carol, chat.port, "carol");
+        REQUIRE(cst::pump(
+            chat.server, [&] { return !after_welcome(carol).empty(); }, alice, bob, carol));
+        cst::run_for(milliseconds(30), chat.server, alice, bob, carol);
+        const auto old = after_welcome(carol);
+        REQUIRE(old.size() == 1);
+        CHECK(untimed(old[0]) == "alice: in the open");
+    }
+
+    TEST_CASE("history: a message too long to replay whole is left out, never cut") {
+        cst::LoggedServer chat;
+        ChatUser alice;
+        cst::join_wait(chat.server, alice, chat.port, "alice");
+        REQUIRE_FALSE(alice.client.send(std::string(65536, 'x')));  // max_payload exactly
+        REQUIRE_FALSE(alice.client.send("short"));
+        cst::run_for(milliseconds(50), chat.server, alice);
+        ChatUser bob;
+        cst::join_wait(chat.server, bob, chat.port, "bob");
+        REQUIRE(cst::pump(
+            chat.server, [&] { return !after_welcome(bob).empty(); }, alice, bob));
+        cst::run_for(milliseconds(30), chat.server, alice, bob);
+        const auto old = after_welcome(bob);
+        REQUIRE(old.size() == 1);
+        CHECK(untimed(old[0]) == "alice: short");
+        CHECK(bob.client.is_open());
+    }
+}  // TEST_SUITE("history")

@@ -151,7 +151,7 @@ TEST_SUITE("post") {
         loop.join();
     }
 
-    TEST_CASE("post: before stop() a task runs; after it, post() refuses and drops the task") {
+    TEST_CASE("post: before stop() a task runs, after it, post() refuses and drops the task") {
         chatsock::Server server(cst::quiet_options());
         cst::start(server);
         bool before = false, after = false;

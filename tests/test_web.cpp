@@ -851,7 +851,7 @@ TEST_SUITE("web") {
         CHECK(d.buffered() == 0);
     }
 
-    TEST_CASE("WebSocketDecoder: fragments are put together; control frames may come between") {
+    TEST_CASE("WebSocketDecoder: fragments are put together, control frames may come between") {
         Ws d;
         const std::string stream = text_frame("Hel", false) +
                                    client_frame(Ws::ping, "are you there") +

@@ -17,7 +17,7 @@ import sys
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MAX_COLUMNS = 100
 # The manual and includes before layer 1 count with it.
-LAYER_BUDGETS = {"1": 790, "2": 115, "3": 235, "4": 480, "5": 190, "6": 730, "7": 190, "8": 90}
+LAYER_BUDGETS = {"1": 790, "2": 115, "3": 235, "4": 480, "5": 190, "6": 760, "7": 190, "8": 90}
 
 
 def lines_of(name):
@@ -53,6 +53,11 @@ def main():
         long_lines = [i + 1 for i, line in enumerate(lines_of(name)) if width(line) > MAX_COLUMNS]
         check(not long_lines, f"{name}: no line over {MAX_COLUMNS} columns" +
               (f" (lines {long_lines})" if long_lines else ""))
+    # ctest lists the doctest cases by name, and CMake splits lists on ';'.
+    import glob, re
+    split = [m for f in sorted(glob.glob(os.path.join(ROOT, "tests", "**", "test_*.cpp"), recursive=True))
+             for m in re.findall(r'TEST_CASE\("([^"]*;[^"]*)"\)', open(f, encoding="utf-8").read())]
+    check(not split, "no test name has a ';' (ctest would split it)" + (f": {split}" if split else ""))
     starts = [(i, line[8]) for i, line in enumerate(header) if line.startswith("// ==== ")]
     check([n for _, n in starts] == sorted(LAYER_BUDGETS), "the layers are 1 to 8, in order")
     for k, (start, number) in enumerate(starts):
