@@ -2165,9 +2165,11 @@ private:
         if (!is_valid_utf8(frame))
             return send_to(c.info.id, "message not delivered: it is not valid UTF-8");
         if (!on_message) return deliver(c, frame);
-        std::string text(frame);  // the callback may rewrite it
-        if (!on_message(c.info, text)) return;
-        if (c.state == State::joined && !c.dead) deliver(c, text);  // unless it cut the sender off
+        std::string text = std::move(rewrite_);  // the callback may rewrite it; the buffer is
+        text.assign(frame);                      // kept from one message to the next
+        const bool keep = on_message(c.info, text);
+        if (keep && c.state == State::joined && !c.dead) deliver(c, text);  // not if cut off
+        rewrite_ = std::move(text);
     }
     void deliver(Connection& c, std::string_view text) {
         log_.add("message", c.info.name, text);
@@ -2489,6 +2491,7 @@ private:
         std::string from, text;
     };
     std::vector<Remembered> history_;  // see remember()
+    std::string rewrite_;              // see handle_frame()
     std::size_t history_next_ = 0;
     std::atomic<bool> stop_requested_{false};
     detail::Lock posted_lock_;                             // guards posted_, the one list
@@ -2751,8 +2754,11 @@ inline void run_command(Server& server, const ClientInfo& who, const std::string
 inline void enable_commands(Server& server) {
     server.on_message = [&server, next = std::move(server.on_message)](const ClientInfo& who,
                                                                        std::string& text) {
-        if (text.compare(0, 2, "//") == 0) text.erase(0, 1);  // "//text": "/text", relayed
-        else if (text.compare(0, 1, "/") == 0) return detail::run_command(server, who, text), false;
+        if (!text.empty() && text[0] == '/') {
+            if (text.size() < 2 || text[1] != '/')
+                return detail::run_command(server, who, text), false;
+            text.erase(0, 1);  // "//text": "/text", relayed
+        }
         return !next || next(who, text);
     };
 }
