@@ -150,6 +150,7 @@ private:
         o.diagnostics = nullptr;
         o.max_payload = kMaxPayload;
         o.max_clients = 8;
+        o.history = 0;  // one server serves every input: no input may hear an earlier one
         // Every input ends with a half-close, so these never decide an input's outcome; they
         // are short so that a connection the server forgot still goes away.
         o.handshake_timeout = milliseconds(5000);
