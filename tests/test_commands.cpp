@@ -158,7 +158,9 @@ TEST_SUITE("commands") {
             {"/nick " + std::string(40, 'n'), "name refused: the name is longer than 32 bytes"},
             {"/nick", "usage: /nick NAME"},
         };
-        for (const auto& [command, answer] : refused) {
+        for (const auto& case_ : refused) {
+            const std::string& command = case_.first;  // (clang's lambdas cannot capture
+            const std::string& answer = case_.second;  // structured bindings before C++20)
             CAPTURE(command);
             REQUIRE(say(
                 room, alice, command, [&] { return alice.got("server", answer); }, bob, carol));
