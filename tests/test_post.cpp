@@ -88,8 +88,7 @@ private:
 }  // namespace
 
 TEST_SUITE("post") {
-    TEST_CASE(
-        "post: 8 threads post 10,000 tasks each; every task runs once, on the loop's thread") {
+    TEST_CASE("post: 8 threads post 10,000 tasks each: every one runs once, on the loop's thread") {
         chatsock::Server server(cst::quiet_options());
         cst::start(server);
         constexpr int threads = 8, tasks = 10000;

@@ -56,7 +56,7 @@ def main():
     # ctest lists the doctest cases by name, and CMake splits lists on ';'.
     import glob, re
     split = [m for f in sorted(glob.glob(os.path.join(ROOT, "tests", "**", "test_*.cpp"), recursive=True))
-             for m in re.findall(r'TEST_CASE\("([^"]*;[^"]*)"\)', open(f, encoding="utf-8").read())]
+             for m in re.findall(r'TEST_CASE\(\s*"([^"]*;[^"]*)"\)', open(f, encoding="utf-8").read())]
     check(not split, "no test name has a ';' (ctest would split it)" + (f": {split}" if split else ""))
     starts = [(i, line[8]) for i, line in enumerate(header) if line.startswith("// ==== ")]
     check([n for _, n in starts] == sorted(LAYER_BUDGETS), "the layers are 1 to 8, in order")
