@@ -25,6 +25,26 @@ namespace fuzzref {
 
 // ---- reference implementations ---------------------------------------------------------
 
+// Appends code point `cp` as UTF-8 (any value up to U+10FFFF, surrogates too: the inputs of
+// the decoders under test, valid or not). Shared by the fuzz targets and tests/test_web.cpp.
+inline void put_utf8(std::string& out, char32_t cp) {
+    if (cp < 0x80) {
+        out += static_cast<char>(cp);
+    } else if (cp < 0x800) {
+        out += static_cast<char>(0xC0 | (cp >> 6));
+        out += static_cast<char>(0x80 | (cp & 0x3F));
+    } else if (cp < 0x10000) {
+        out += static_cast<char>(0xE0 | (cp >> 12));
+        out += static_cast<char>(0x80 | ((cp >> 6) & 0x3F));
+        out += static_cast<char>(0x80 | (cp & 0x3F));
+    } else {
+        out += static_cast<char>(0xF0 | (cp >> 18));
+        out += static_cast<char>(0x80 | ((cp >> 12) & 0x3F));
+        out += static_cast<char>(0x80 | ((cp >> 6) & 0x3F));
+        out += static_cast<char>(0x80 | (cp & 0x3F));
+    }
+}
+
 // A header is spaces, then at least one digit, then spaces: exactly ten bytes in all.
 inline bool ref_parse_header(std::string_view h, unsigned long long& length) {
     if (h.size() != chatsock::header_size) return false;

@@ -3,6 +3,7 @@
 // JSON and line forms of chat events, and the server serving all three kinds of client at once.
 #include "chatsock.hpp"
 #include "support.hpp"
+#include "fuzz/reference.hpp"  // put_utf8, shared with the fuzz targets
 
 #include <doctest/doctest.h>
 
@@ -270,23 +271,6 @@ std::string upgrade_request(const std::string& headers = {}) {
 
 // ---- JSON ------------------------------------------------------------------------------------
 
-void append_utf8(std::string& out, char32_t cp) {
-    if (cp < 0x80) {
-        out += static_cast<char>(cp);
-    } else if (cp < 0x800) {
-        out += static_cast<char>(0xC0 | (cp >> 6));
-        out += static_cast<char>(0x80 | (cp & 0x3F));
-    } else if (cp < 0x10000) {
-        out += static_cast<char>(0xE0 | (cp >> 12));
-        out += static_cast<char>(0x80 | ((cp >> 6) & 0x3F));
-        out += static_cast<char>(0x80 | (cp & 0x3F));
-    } else {
-        out += static_cast<char>(0xF0 | (cp >> 18));
-        out += static_cast<char>(0x80 | ((cp >> 12) & 0x3F));
-        out += static_cast<char>(0x80 | ((cp >> 6) & 0x3F));
-        out += static_cast<char>(0x80 | (cp & 0x3F));
-    }
-}
 // Reads back one JSON string literal (RFC 8259) as a browser's JSON.parse would; "<not JSON>"
 // if it is not exactly one (unescaped quote or control character, bad escape, trailing bytes).
 std::string json_unquote(std::string_view j) {
@@ -318,7 +302,7 @@ std::string json_unquote(std::string_view j) {
             cp = 0x10000 + ((cp - 0xD800) << 10) + (low - 0xDC00);
             i += 6;
         }
-        append_utf8(out, cp);
+        fuzzref::put_utf8(out, cp);
     }
     return out;
 }
