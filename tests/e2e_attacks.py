@@ -27,6 +27,7 @@ import unittest
 sys.dont_write_bytecode = True  # no __pycache__ in the repository
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from harness import (ATTACK_SERVER, DEVNULL, HOST, LISTENING_DEMO as LISTENING, TIMEOUT,  # noqa: E402
+                     RssSampler, rss_bytes,
                      build_attack_server, frame, is_windows,
                      main, needs_proc_net_tcp, recv_exactly, recv_frame, recv_until_closed, wait_until_read)
 from e2e_demos import DemoTestCase  # noqa: E402  (read_log, wait_log: the log's format checked)
@@ -45,14 +46,6 @@ def setUpModule():
 
 
 # ---- the server process, seen from /proc ------------------------------------------------------
-def rss_bytes(pid):
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    raise AssertionError("no VmRSS")
-
-
 def fd_count(pid):
     return len(os.listdir(f"/proc/{pid}/fd"))
 
@@ -63,25 +56,6 @@ def cpu_seconds(pid):
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
 
 
-class RssSampler(threading.Thread):
-    """The server's peak RSS while it runs, sampled every 10 ms."""
-
-    def __init__(self, pid):
-        super().__init__(daemon=True)
-        self.pid, self.peak, self.done = pid, rss_bytes(pid), threading.Event()
-        self.start()
-
-    def run(self):
-        while not self.done.wait(0.01):
-            try:
-                self.peak = max(self.peak, rss_bytes(self.pid))
-            except (OSError, AssertionError):
-                return
-
-    def stop(self):
-        self.done.set()
-        self.join(TIMEOUT)
-        return self.peak
 
 
 # ---- raw clients ------------------------------------------------------------------------------

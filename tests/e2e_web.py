@@ -50,7 +50,7 @@ import unittest
 
 sys.dont_write_bytecode = True  # no __pycache__ in the repository
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from harness import (ATTACK_SERVER, DEMO_CLIENT, DEMO_SERVER, DEVNULL, HAVE_PROC_NET_TCP, HOST,  # noqa: E402
+from harness import (ATTACK_SERVER, RssSampler, rss_bytes, DEMO_CLIENT, DEMO_SERVER, DEVNULL, HAVE_PROC_NET_TCP, HOST,  # noqa: E402
                      LISTENING_DEMO, SERVER_ON_WINDOWS, TIMEOUT, NotReadError, build_attack_server,
                      build_demos, frame, main, recv_until_closed, wait_until_read)
 from e2e_demos import DemoTestCase  # noqa: E402  (read_log, wait_log: the log's format checked)
@@ -95,35 +95,6 @@ def setUpModule():
     if not NC:
         print("NOTE: nc is not installed: a Python socket line client stands in for it "
               "(apt-get install netcat-openbsd for the real one)", flush=True)
-
-
-def rss_bytes(pid):
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    raise AssertionError("no VmRSS")
-
-
-class RssSampler(threading.Thread):
-    """A process's peak RSS while it runs, sampled every 10 ms."""
-
-    def __init__(self, pid):
-        super().__init__(daemon=True)
-        self.pid, self.peak, self.done = pid, rss_bytes(pid), threading.Event()
-        self.start()
-
-    def run(self):
-        while not self.done.wait(0.01):
-            try:
-                self.peak = max(self.peak, rss_bytes(self.pid))
-            except (OSError, AssertionError):
-                return
-
-    def stop(self):
-        self.done.set()
-        self.join(TIMEOUT)
-        return self.peak
 
 
 # ---- WebSocket frames (RFC 6455) ----------------------------------------------------------------

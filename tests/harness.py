@@ -25,8 +25,8 @@ import socket
 import struct
 import subprocess
 import sys
-import tempfile
 import threading
+import tempfile
 import time
 import unittest
 
@@ -875,3 +875,33 @@ def main(module_name, programs=None):
         print(f"SKIPPED {test.id()}: {reason}")
     print(f"RESULT passed={passed} failed={len(failed)} skipped={len(skipped)}", flush=True)
     sys.exit(1 if failed or result.testsRun == 0 else 0)
+
+
+# ---- memory of a running process (the attack suites) ---------------------------------------
+def rss_bytes(pid):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    raise AssertionError("no VmRSS")
+
+
+class RssSampler(threading.Thread):
+    """A process's peak RSS while it runs, sampled every 10 ms (Linux: /proc)."""
+
+    def __init__(self, pid):
+        super().__init__(daemon=True)
+        self.pid, self.peak, self.done = pid, rss_bytes(pid), threading.Event()
+        self.start()
+
+    def run(self):
+        while not self.done.wait(0.01):
+            try:
+                self.peak = max(self.peak, rss_bytes(self.pid))
+            except (OSError, AssertionError):
+                return
+
+    def stop(self):
+        self.done.set()
+        self.join(TIMEOUT)
+        return self.peak
