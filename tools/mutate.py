@@ -134,8 +134,9 @@ class Workspace:
         self.keep = keep
         for name in (HEADER, "demo_server.cpp", "demo_client.cpp", "Makefile"):
             shutil.copy2(os.path.join(ROOT, name), self.dir)
-        shutil.copytree(os.path.join(ROOT, "tests"), os.path.join(self.dir, "tests"),
-                        ignore=shutil.ignore_patterns("bin", "__pycache__"))
+        for folder in ("tests", "fuzz"):  # the tests include fuzz/reference.hpp
+            shutil.copytree(os.path.join(ROOT, folder), os.path.join(self.dir, folder),
+                            ignore=shutil.ignore_patterns("bin", "__pycache__", "corpus*"))
         self.bin = os.path.join(self.dir, "tests", "bin")
         os.makedirs(self.bin)
         with open(os.path.join(ROOT, HEADER), encoding="utf-8") as f:
