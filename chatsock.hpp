@@ -290,6 +290,15 @@ inline const std::error_category& resolver_category() {
 inline void set_option(socket_t s, int level, int name, int value) {
     ::setsockopt(s, level, name, reinterpret_cast<const char*>(&value), sizeof value);
 }
+// The kernel holds about `bytes` unsent at most, so a slow reader's backlog waits in our queue,
+// where flood control sees it (TCP_NOTSENT_LOWAT on Linux and macOS; elsewhere a small buffer).
+inline void limit_unsent(socket_t s, int bytes) {
+#if defined(TCP_NOTSENT_LOWAT)
+    set_option(s, IPPROTO_TCP, TCP_NOTSENT_LOWAT, bytes);
+#else
+    set_option(s, SOL_SOCKET, SO_SNDBUF, bytes);
+#endif
+}
 
 // Every socket chatsock creates goes through here: non-blocking, no SIGPIPE, close-on-exec.
 inline std::error_code prepare_socket(socket_t s) {
@@ -1043,11 +1052,12 @@ public:
     explicit FrameDecoder(std::size_t max_payload = detail::default_max_payload)
         : max_payload_(max_payload) {}
     // Calls on_frame(payload) for each whole frame, read straight from the chunk (views valid
-    // during the call), and keeps only an unfinished last one. on_frame returns false to stop;
-    // the rest of the chunk is then dropped.
+    // during the call), and keeps only an unfinished last one. on_frame returns false to stop.
+    // Returns the bytes used: all, unless it stopped (the rest is the caller's, to keep or drop).
     template <class OnFrame>
-    void decode(const char* data, std::size_t size, OnFrame&& on_frame) {
-        if (failed()) return;
+    std::size_t decode(const char* data, std::size_t size, OnFrame&& on_frame) {
+        const std::size_t all = size;
+        if (failed()) return all;
         if (!pending_.empty()) {  // finish the frame begun before: its header, then its payload
             auto take_up_to = [&](std::size_t total) {  // copies only this frame's own bytes
                 const std::size_t take = std::min(size, total - std::min(total, pending_.size()));
@@ -1058,21 +1068,23 @@ public:
             std::size_t length = 0;
             if (!take_up_to(header_size) || !frame_length(pending_.data(), length) ||
                 !take_up_to(header_size + length))
-                return;  // the chunk is used up (or the header is bad)
+                return all;  // the chunk is used up (or the header is bad)
             const bool more = on_frame(std::string_view(pending_.data() + header_size, length));
             // An idle connection does not keep a big buffer.
             if (pending_.capacity() > 16384) std::string().swap(pending_);
             else pending_.clear();
-            if (!more) return;
+            if (!more) return all - size;
         }
         while (size >= header_size) {  // whole frames straight from the chunk
             std::size_t length = 0;
-            if (!frame_length(data, length)) return;
+            if (!frame_length(data, length)) return all;
             if (size - header_size < length) break;
-            if (!on_frame(std::string_view(data + header_size, length))) return;
+            const bool more = on_frame(std::string_view(data + header_size, length));
             data += header_size + length, size -= header_size + length;
+            if (!more) return all - size;
         }
         pending_.assign(data, size);  // the start of a frame to finish next time
+        return all;
     }
     bool failed() const { return !error_.empty(); }
     const std::string& error() const { return error_; }
@@ -1145,9 +1157,10 @@ class LineDecoder {
 public:
     explicit LineDecoder(std::size_t max_line = 4096) : max_line_(max_line) {}
 
-    // Calls on_line(line) for each whole line; on_line returns false to stop.
+    // Calls on_line(line) for each whole line; on_line returns false to stop. Returns the bytes
+    // used: all, unless it stopped (the rest is the caller's, to keep or drop).
     template <class OnLine>
-    void decode(const char* data, std::size_t size, OnLine&& on_line) {
+    std::size_t decode(const char* data, std::size_t size, OnLine&& on_line) {
         for (std::size_t i = 0; i < size && !failed(); ++i) {
             const unsigned char byte = static_cast<unsigned char>(data[i]);
             switch (telnet_) {
@@ -1157,7 +1170,7 @@ public:
                     const bool more = line_.empty() || on_line(std::string_view(line_));
                     if (line_.capacity() > 16384) std::string().swap(line_);
                     else line_.clear();
-                    if (!more) return;
+                    if (!more) return i + 1;
                 } else if (byte == 255) {
                     telnet_ = Telnet::command;
                 } else {
@@ -1177,6 +1190,7 @@ public:
             case Telnet::sub_command: telnet_ = byte == 240 ? Telnet::data : Telnet::sub; break;
             }
         }
+        return size;
     }
     // The end of the input: a last line without its "\n" still counts.
     template <class OnLine>
@@ -1268,7 +1282,7 @@ public:
         : max_message_(max_message) {}
 
     // Calls on_message(text) for each whole text message and on_control(opcode, payload) for a
-    // close, a ping or a pong; each returns false to stop.
+    // close, a ping or a pong; each returns false to stop (the rest waits for the next call).
     template <class OnMessage, class OnControl>
     void decode(const char* data, std::size_t size, OnMessage&& on_message,
                 OnControl&& on_control) {
@@ -1695,6 +1709,7 @@ struct Link {
     FrameDecoder input;
     OutputQueue output;
     bool write_interest = false;  // the poller watches for writability: output is waiting
+    bool paused = false;          // not read for now (flood control)
     bool sent_eof = false;        // our side is shut down (shutdown_send)
     bool peer_finished = false;   // the peer's side is: end-of-stream was read
     // Sends what the socket takes now and, when `finishing` and all is sent, shuts our side
@@ -1703,10 +1718,12 @@ struct Link {
         if (auto ec = output.write_to(socket.get())) return ec;
         if (finishing && output.empty() && !std::exchange(sent_eof, true))
             shutdown_send(socket.get());
-        const bool want = !output.empty();
-        if (std::exchange(write_interest, want) != want)
-            poller.modify(socket.get(), (peer_finished ? 0 : want_read) | (want ? want_write : 0));
+        if (std::exchange(write_interest, !output.empty()) != write_interest) watch(poller);
         return {};
+    }
+    void watch(Poller& poller) const {
+        poller.modify(socket.get(), (peer_finished || paused ? 0 : want_read) |
+                                        (write_interest ? want_write : 0));
     }
 };
 }  // namespace detail
@@ -1790,6 +1807,19 @@ struct ServerOptions {
     milliseconds accept_pause{100};      // out of file descriptors: pause accepting this long
     bool exit_when_empty = false;        // run() returns once the last user has left
     std::size_t history = 20;            // recent messages replayed to a newcomer; 0: none
+    // Flood control, by back-pressure (docs/PROTOCOL.md, "Flood control"): a client is not read
+    // while it is over its budget, or while a recipient that is still reading has more than
+    // room_pressure bytes queued. TCP slows the sender down; nothing is lost. 0: a rule is off.
+    std::size_t flood_messages = 500;        // a client's budget: messages a second ...
+    std::size_t flood_bytes = 2u << 20;      // ... and bytes a second,
+    milliseconds flood_burst{1000};          // with bursts of this long's worth
+    std::size_t room_pressure = 256u << 10;  // queued bytes (and 64 KiB in the kernel at most)
+    milliseconds slow_down_after{2000};      // held back this long: one "slow down: ..." notice
+    // Per-address caps, off by default (a classroom shares one address): connections at once,
+    // and new connections a second. Excess connections are told why, then closed.
+    std::size_t max_per_address = 0;
+    std::size_t new_per_address = 0;
+    void no_flood_control() { flood_messages = flood_bytes = room_pressure = 0; }
     // One line per event for a human (listening, joins, refusals, errors); nullptr: silence.
     std::function<void(std::string_view line)> diagnostics = [](std::string_view line) {
         write_text(stderr, "chatsock: " + std::string(line) + "\n");
@@ -1806,7 +1836,10 @@ struct ClientInfo {
 
 class Server {
 public:
-    explicit Server(ServerOptions options = {}) : options_(std::move(options)) {}
+    explicit Server(ServerOptions options = {}) : options_(std::move(options)) {
+        watch_above_ = std::min(options_.output_soft_limit, options_.output_hard_limit);
+        if (options_.room_pressure) watch_above_ = std::min(watch_above_, options_.room_pressure);
+    }
     ~Server() {
         Server* self = this;  // a late Ctrl+C must not reach a destroyed server
         detail::ctrl_c_target.compare_exchange_strong(self, nullptr);
@@ -1848,14 +1881,18 @@ public:
     // limit) for sockets and deadlines, then handles everything ready.
     std::error_code run_once(milliseconds max_wait) {
         if (auto ec = poller_.wait(events_, next_timeout(max_wait))) return ec;
+        now_ = Clock::now();  // the turn's time: for flood control, not for the log
         for (const PollEvent& ev : events_) {
             if (ev.socket == listener_.get()) accept_all();
             auto it = connections_.find(ev.socket);  // the listener is not a connection
             if (it == connections_.end() || it->second->dead) continue;
             Connection& c = *it->second;
+            reading_ = &c;  // whose input the relays of this read come from
             if (ev.readable || ev.hangup) read_from(c, ev.hangup);
+            reading_ = nullptr;
             if (ev.writable && !c.dead) mark_dirty(c);
         }
+        catch_up_resumed();
         run_posted();  // what other threads asked for
         check_deadlines();
         finish_iteration();
@@ -1945,8 +1982,18 @@ private:
         Clock::time_point frame_until = never;  // a frame has begun: when it must be whole
         Clock::time_point soft_until = never;   // over the soft limit: when it must be back under
         Clock::time_point deadline = never;     // its entry in deadlines_, if any
-        bool dirty = false;                     // has output to try at the end of this turn
-        bool dead = false;                      // to be closed at the end of this turn
+        // Flood control: its budget, holds, and whether it has been told to slow down.
+        Clock::time_point messages_due, bytes_due;  // when its buckets would be full (GCRA)
+        Clock::time_point budget_until = never;     // over its budget: not read until then
+        Clock::time_point held_since = never;       // a streak of holds began
+        Clock::time_point progress_at;              // its socket last took bytes
+        bool room_held = false;                     // not read while a recipient's queue drains ...
+        std::vector<ClientId> holding;  // ... like these senders, while its queue drains
+        bool told_to_slow_down = false;
+        std::string unread;   // input read, not yet decoded: it was paused (see catch_up())
+        std::string address;  // its peer's address, when per-address caps count it
+        bool dirty = false;   // has output to try at the end of this turn
+        bool dead = false;    // to be closed at the end of this turn
         std::string leave_reason;
         std::size_t member_slot = 0;       // index in its group of members_ when joined
         std::string first_bytes;           // while its wire is unknown
@@ -2007,8 +2054,10 @@ private:
         c->socket = std::move(s);
         c->info = ClientInfo{next_id_++, std::string(), std::move(peer)};
         c->state_until = Clock::now() + options_.handshake_timeout;
+        c->progress_at = now_;
         if (auto ec = poller_.add(fd, want_read))
             return say("cannot watch " + c->info.peer + ": " + ec.message());
+        if (options_.room_pressure) detail::limit_unsent(fd, 64 << 10);
         Connection& ref = *c;
         by_id_[ref.info.id] = &ref;
         connections_[fd] = std::move(c);
@@ -2017,20 +2066,45 @@ private:
             log_.add("refused", ref.info.peer, "server full");
             refuse(ref,
                    "the server is full (" + std::to_string(options_.max_clients) + " clients)");
+        } else if (options_.max_per_address || options_.new_per_address) {
+            const std::string problem = count_address(ref);
+            if (problem.empty()) return;
+            log_.add("refused", ref.info.peer, problem);
+            say("refused " + ref.info.peer + ": " + problem);
+            refuse(ref, problem);
         }
+    }
+    // Per-address caps: connections at once, and new ones a second (GCRA, bursts of a second).
+    std::string count_address(Connection& c) {
+        c.address = c.info.peer.substr(0, c.info.peer.rfind(':'));  // "[::1]:5000" -> "[::1]"
+        if (addresses_.size() >= sweep_addresses_at_) {  // forget the idle ones, now and then
+            for (auto it = addresses_.begin(); it != addresses_.end();)
+                it = it->second.open == 0 && it->second.next_free <= now_ ? addresses_.erase(it)
+                                                                          : std::next(it);
+            sweep_addresses_at_ = 2 * addresses_.size() + 64;
+        }
+        AddressUse& use = addresses_[c.address];
+        const std::size_t most = options_.max_per_address, rate = options_.new_per_address;
+        if (++use.open > most && most)
+            return "too many connections from " + c.address + " (at most " + std::to_string(most) +
+                   " at once)";
+        if (!rate) return {};
+        const auto next = std::max(use.next_free, now_) + per(1, rate);
+        if (next - now_ > std::chrono::seconds(1))
+            return "too many new connections from " + c.address + " (at most " +
+                   std::to_string(rate) + " a second)";
+        use.next_free = next;
+        return {};
     }
     // ---- reading --------------------------------------------------------------------------
     void read_from(Connection& c, bool hangup) {
         char buf[65536];
         std::size_t total = 0;
-        bool completed = false;
-        auto on_payload = [&](std::string_view payload) {  // straight from buf, mostly
-            handle_frame(c, payload);
-            completed = true;
-            return c.state != State::closing && !c.dead;
-        };
-        while (total < 4 * sizeof buf) {  // a fair share per turn; level-triggered polling
-            std::error_code ec;           // brings us back for the rest
+        if (!c.paused && !c.unread.empty() && !catch_up(c)) return;  // what came first goes first
+        // A fair share per turn; level-triggered polling brings us back for the rest. A paused
+        // client is not read, unless it hangs up (the poller would report that in every turn).
+        while (total < 4 * sizeof buf && (!c.paused || hangup)) {
+            std::error_code ec;
             const std::size_t n = recv_some(c.socket.get(), buf, sizeof buf, ec);
             if (ec && detail::would_block(ec)) {
                 if (hangup) close_now(c, "connection lost");
@@ -2038,25 +2112,46 @@ private:
             }
             if (ec) return close_now(c, "connection lost: " + ec.message());
             if (n == 0 && c.info.wire == Wire::lines && c.state != State::closing)
-                c.other->lines.finish(on_payload);  // a last line without its newline
+                take_input(c, nullptr, 0);  // a last line without its newline
             if (n == 0) return c.dead ? void() : peer_finished(c);
             total += n;
             // A short read drained the socket: no recv to hear "empty" (level-triggered polling).
             const bool drained = n < sizeof buf && !hangup;
             if (c.state == State::closing) continue;  // discard: we are only waiting for EOF
-            completed = false;
-            decode(c, buf, n, on_payload);
-            if (c.dead) return;
-            if (const std::string* error = input_error(c)) {
-                const std::string why = "protocol error: " + *error;
-                log_.add("error", c.info.name.empty() ? c.info.peer : c.info.name, why);
-                if (c.state == State::naming) say("refused " + c.info.peer + ": " + why);
-                const bool web = c.info.wire == Wire::websocket;
-                return refuse(c, why, web ? c.other->websocket.close_code() : 1008);
-            }
-            track_partial_frame(c, completed);
+            if (!take_input(c, buf, n)) return;
+            if (drained && c.unread.empty()) end_streak(c);
             if (drained) return;
         }
+    }
+    // Decodes input and handles what it brings; false once the connection is closing or dead.
+    // No data: the end of a line client's input, where a last line needs no newline.
+    bool take_input(Connection& c, const char* data, std::size_t size) {
+        bool completed = false;
+        auto on_payload = [&](std::string_view payload) {  // straight from buf, mostly
+            handle_frame(c, payload);
+            completed = true;
+            return c.state != State::closing && !c.dead && !c.paused;
+        };
+        if (data) decode(c, data, size, on_payload);
+        else c.other->lines.finish(on_payload);
+        if (c.dead) return false;
+        if (const std::string* error = input_error(c)) {
+            const std::string why = "protocol error: " + *error;
+            log_.add("error", c.info.name.empty() ? c.info.peer : c.info.name, why);
+            if (c.state == State::naming) say("refused " + c.info.peer + ": " + why);
+            const bool web = c.info.wire == Wire::websocket;
+            refuse(c, why, web ? c.other->websocket.close_code() : 1008);
+            return false;
+        }
+        track_partial_frame(c, completed);
+        return c.state != State::closing;
+    }
+    // Input read while flood control paused the client waits in c.unread (a browser's, in its
+    // decoder), and goes on when it is read again, before anything newer.
+    bool catch_up(Connection& c) {
+        std::string unread = std::move(c.unread);
+        c.unread = std::string();
+        return take_input(c, unread.data(), unread.size());  // (paused again: the rest waits)
     }
     // Hands what arrived to the decoder of the connection's wire, which its first bytes pick.
     template <class OnPayload>
@@ -2079,9 +2174,11 @@ private:
             if (c.state == State::closing || c.dead) return;
             data += take, size -= take;
         }
+        if (c.paused) return void(c.unread.append(data, size));  // held back: kept, in order
+        std::size_t used = size;
         switch (c.info.wire) {
-        case Wire::frames: return c.input.decode(data, size, on_payload);
-        case Wire::lines: return c.other->lines.decode(data, size, on_payload);
+        case Wire::frames: used = c.input.decode(data, size, on_payload); break;
+        case Wire::lines: used = c.other->lines.decode(data, size, on_payload); break;
         case Wire::http: return read_request(c, data, size, on_payload);
         default:
             return c.other->websocket.decode(
@@ -2089,6 +2186,7 @@ private:
                     return websocket_control(c, op, body);
                 });
         }
+        if (used < size && c.paused) c.unread.append(data + used, size - used);
     }
     // An HTTP request: once whole, the page or an error is sent (then the connection closes),
     // or the connection upgrades to WebSocket and what follows the request is its first frames.
@@ -2161,6 +2259,7 @@ private:
     }
     void handle_frame(Connection& c, std::string_view frame) {
         if (c.state == State::naming) return handle_username(c, frame);
+        if (options_.flood_messages || options_.flood_bytes) charge(c, frame.size());
         if (frame.empty()) return;  // nothing to say
         if (!is_valid_utf8(frame))
             return send_to(c.info.id, "message not delivered: it is not valid UTF-8");
@@ -2252,12 +2351,14 @@ private:
     void enqueue(Connection& c, const SharedBytes& bytes) {
         c.output.push(bytes);
         const std::size_t queued = c.output.size_bytes();
-        if (queued > options_.output_soft_limit || queued > options_.output_hard_limit)
-            return over_limits(c);  // rare: kept out of the relay loop
+        if (queued > watch_above_) return over_limits(c);  // rare: kept out of the relay loop
         mark_dirty(c);
     }
-    // The queue has passed the soft limit (its deadline starts) or the hard one (cut off now).
+    // The queue has passed room_pressure (the client being read may be held), the soft limit
+    // (its deadline starts) or the hard one (cut off now).
     void over_limits(Connection& c) {
+        if (options_.room_pressure && c.output.size_bytes() > options_.room_pressure)
+            hold_for_room(c);
         const std::size_t hard = options_.output_hard_limit;
         if (c.output.size_bytes() > hard) {
             // Before calling this client slow, give it what its socket takes now (log first).
@@ -2278,9 +2379,12 @@ private:
     }
     void flush(Connection& c) {
         c.dirty = false;
+        const std::size_t queued = c.output.size_bytes();
         // Closing: all sent, our side shuts down; the peer's turn to close, if it has not.
         if (auto ec = c.send_queued(poller_, c.state == State::closing))
             return close_now(c, "connection lost: " + ec.message());
+        if (c.output.size_bytes() < queued) c.progress_at = now_;  // it is reading
+        if (c.output.size_bytes() <= options_.room_pressure / 2) release_held(c);
         if (c.output.size_bytes() <= options_.output_soft_limit) c.soft_until = never;
         if (c.sent_eof && c.peer_finished) close_now(c, c.leave_reason);
     }
@@ -2295,6 +2399,8 @@ private:
     // is sent and the peer has closed, a second at most.
     void begin_closing(Connection& c, std::string reason, std::uint16_t close_code = 1000) {
         if (c.state == State::joined) leave_room(c, reason);
+        release_held(c);
+        if (c.paused) c.room_held = false, c.budget_until = never, set_paused(c);  // for its EOF
         c.state = State::closing;
         c.leave_reason = std::move(reason);
         c.state_until = Clock::now() + milliseconds(1000);
@@ -2308,7 +2414,7 @@ private:
         c.peer_finished = true;
         if (c.output.empty()) return close_now(c, c.leave_reason);
         c.write_interest = true;  // end-of-stream stays readable: watch for writability only
-        poller_.modify(c.socket.get(), want_write);
+        c.watch(poller_);
     }
     // -> dead: nothing more is read, relayed to it or from it. The socket closes at the end of
     // the turn, where a joined user leaves the room.
@@ -2316,6 +2422,7 @@ private:
         if (c.dead) return;
         c.dead = true;
         if (c.state == State::joined) c.leave_reason = reason;
+        release_held(c);
         doomed_.push_back(c.socket.get());
     }
     // Out of the room for good (closing, or dead): the name is free again, the others are told,
@@ -2335,13 +2442,107 @@ private:
         if (announced(joined_ + 1)) broadcast(notice);  // the room still counting the leaver
         if (on_leave) on_leave(c.info, reason);
     }
+    // ---- flood control: by back-pressure, nothing dropped ---------------------------------
+    static Clock::duration per(std::size_t amount, std::size_t rate) {  // amount/rate seconds
+        return std::chrono::duration_cast<Clock::duration>(
+            std::chrono::nanoseconds(amount * 1'000'000'000ull / rate));
+    }
+    // A client's budget is two token buckets, each kept as the time it would be full again
+    // (GCRA): a message costs 1/flood_messages s, a byte 1/flood_bytes s. A client more than
+    // flood_burst in debt is not read until it is back within it.
+    void charge(Connection& c, std::size_t bytes) {
+        if (options_.flood_messages)
+            c.messages_due = std::max(c.messages_due, now_) + per(1, options_.flood_messages);
+        if (options_.flood_bytes)
+            c.bytes_due = std::max(c.bytes_due, now_) + per(bytes, options_.flood_bytes);
+        const auto within_budget = std::max(c.messages_due, c.bytes_due) - options_.flood_burst;
+        if (within_budget <= now_) return;
+        c.budget_until = within_budget;
+        set_paused(c);
+    }
+    // The client being read filled the queue of `recipient`, which is still reading (its socket
+    // took bytes in the last reading_window): it is not read until that queue is half drained,
+    // or the recipient stops reading or leaves. One that stops is left to the output limits.
+    static constexpr milliseconds reading_window{2000};
+    void hold_for_room(Connection& recipient) {
+        Connection* sender = reading_;
+        if (!sender || sender == &recipient || sender->room_held ||
+            sender->state != State::joined || now_ - recipient.progress_at > reading_window)
+            return;
+        sender->room_held = true;
+        recipient.holding.push_back(sender->info.id);
+        schedule(recipient);  // when it would stop counting as reading
+        set_paused(*sender);
+    }
+    void release_held(Connection& recipient) {
+        if (recipient.holding.empty()) return;
+        for (ClientId id : recipient.holding)
+            if (Connection* sender = live(id); sender && sender->room_held)
+                sender->room_held = false, set_paused(*sender);
+        recipient.holding.clear();
+    }
+    // Reads a client, or not, as its holds say. A client held again before it has drained its
+    // socket is in one streak of holds: a long streak earns it one notice.
+    void set_paused(Connection& c) {
+        const bool paused = c.room_held || c.budget_until != never;
+        if (paused && c.held_since == never) c.held_since = now_;
+        if (paused == std::exchange(c.paused, paused)) return;
+        if (!paused && c.frame_until != never)  // a frame's time does not run while we wait
+            c.frame_until = now_ + options_.frame_timeout;
+        if (!paused) resumed_.push_back(c.info.id);  // what it sent before is handled first
+        c.watch(poller_);
+        schedule(c);
+    }
+    // Nothing of the client's waits: a streak of holds ends (held again now: a new one begins).
+    void end_streak(Connection& c) {
+        c.held_since = c.paused ? now_ : never;
+        c.told_to_slow_down = false;
+    }
+    Clock::time_point notice_due(const Connection& c) const {
+        if (c.told_to_slow_down || c.held_since == never) return never;
+        return c.held_since + options_.slow_down_after;
+    }
+    Clock::time_point stops_reading(const Connection& c) const {
+        return c.holding.empty() ? never : c.progress_at + reading_window;
+    }
+    // Its entry in deadlines_ has come: a budget refilled, a notice due, a recipient stopped.
+    void flood_timers(Connection& c, Clock::time_point now) {
+        if (now >= c.budget_until) c.budget_until = never, set_paused(c);
+        if (now >= notice_due(c)) {
+            c.told_to_slow_down = true;
+            send_to(c.info.id,
+                    "slow down: you are sending faster than the room can take it; "
+                    "the rest waits, nothing is lost");
+        }
+        if (now >= stops_reading(c)) release_held(c);
+        schedule(c);
+    }
+    // Clients read again (a budget refilled, a recipient drained): input kept while they were
+    // paused is handled now, though no new bytes may come to wake us for it.
+    void catch_up_resumed() {
+        resumed_now_.swap(resumed_);
+        for (ClientId id : resumed_now_) {
+            Connection* c = live(id);
+            if (!c || c->paused || c->state != State::joined) continue;
+            reading_ = c;
+            if (!c->unread.empty() || c->info.wire == Wire::websocket) catch_up(*c);
+            reading_ = nullptr;
+        }
+        resumed_now_.clear();
+    }
+    void uncount_address(const std::string& address) {
+        auto it = addresses_.find(address);
+        if (--it->second.open == 0 && it->second.next_free <= now_) addresses_.erase(it);
+    }
     // ---- deadlines ------------------------------------------------------------------------
     // A connection has at most one entry in deadlines_, its state's soonest: naming: the name;
-    // joined: a frame arriving whole, the queue back under the soft limit; closing: the peer's
-    // close. An entry that is too early (the deadline moved later) is set again when it fires.
+    // joined: a frame arriving whole (unless paused), the queue back under the soft limit, flood
+    // control's times; closing: the peer's close. An entry that is too early (the deadline moved
+    // later) is set again when it fires.
     Clock::time_point due(const Connection& c) const {
         if (c.state != State::joined) return c.state_until;
-        return std::min(c.frame_until, c.soft_until);
+        return std::min({c.paused ? never : c.frame_until, c.soft_until, c.budget_until,
+                         notice_due(c), stops_reading(c)});
     }
     // Called whenever a connection's deadline may have come nearer.
     void schedule(Connection& c) {
@@ -2380,23 +2581,25 @@ private:
                           " ms");
         } else if (c.state == State::closing) {
             close_now(c, c.leave_reason);
-        } else if (now >= c.frame_until) {
+        } else if (now >= c.frame_until && !c.paused) {
             log_.add("error", c.info.name, "incomplete frame");
             refuse(c, "a frame took longer than " + std::to_string(options_.frame_timeout.count()) +
                           " ms to arrive");
-        } else {
+        } else if (now >= c.soft_until) {
             close_now(c, "too slow: output queue over " +
                              std::to_string(options_.output_soft_limit) + " bytes for " +
                              std::to_string(options_.soft_limit_time.count()) + " ms");
+        } else {
+            flood_timers(c, now);
         }
     }
     int next_timeout(milliseconds max_wait) const {
-        if (!dirty_.empty() || !doomed_.empty()) return 0;
+        if (!dirty_.empty() || !doomed_.empty() || !resumed_.empty()) return 0;
         auto soonest = deadlines_.empty() ? never : deadlines_.begin()->first;
         long long ms = max_wait.count();  // negative: no limit of the caller's
         if (soonest != never) {           // rounded up: never wake before it
             const auto left = std::chrono::ceil<milliseconds>(soonest - Clock::now()).count();
-            ms = ms < 0 ? left : std::min<long long>(ms, left);
+            ms = std::max(0ll, ms < 0 ? left : std::min<long long>(ms, left));  // due: no wait
         }
         return ms < 0 ? -1 : static_cast<int>(std::min(std::max(ms, 0ll), 60'000ll));
     }
@@ -2414,6 +2617,7 @@ private:
                 auto it = connections_.find(fd);
                 Connection& c = *it->second;
                 if (c.state == State::joined) leave_room(c, c.leave_reason);
+                if (!c.address.empty()) uncount_address(c.address);
                 unschedule(c);
                 poller_.remove(fd);
                 by_id_.erase(c.info.id);
@@ -2482,10 +2686,20 @@ private:
     std::size_t joined_ = 0;               // in all three
     std::unordered_set<std::string> names_in_use_;  // their names, in lower case
     std::set<std::pair<Clock::time_point, ClientId>> deadlines_;
-    std::vector<ClientId> dirty_, dirty_now_;    // finish_iteration()'s lists and their
-    std::vector<socket_t> doomed_, doomed_now_;  // working copies
+    std::vector<ClientId> dirty_, dirty_now_;      // finish_iteration()'s lists and their
+    std::vector<socket_t> doomed_, doomed_now_;    // working copies
+    std::vector<ClientId> resumed_, resumed_now_;  // see catch_up_resumed()
     std::vector<PollEvent> events_;
     ClientId next_id_ = 1;
+    Clock::time_point now_;          // this turn's time
+    Connection* reading_ = nullptr;  // the client whose input is being handled
+    std::size_t watch_above_ = 0;    // queued bytes over which enqueue() looks closer
+    struct AddressUse {
+        std::size_t open = 0;         // connections from it now
+        Clock::time_point next_free;  // its new-connection budget, as in charge()
+    };
+    std::unordered_map<std::string, AddressUse> addresses_;  // only with per-address caps
+    std::size_t sweep_addresses_at_ = 64;
     struct Remembered {
         std::chrono::system_clock::time_point when;
         std::string from, text;

@@ -4,6 +4,7 @@
 //           (MinGW: x86_64-w64-mingw32-g++ -std=c++17 -O2 -static demo_server.cpp
 //                   -o demo_server.exe -lws2_32)
 //   Run:    ./demo_server [host] [port] [logfile]     defaults: 127.0.0.1 1234 message_log
+//           ./demo_server --no-flood-control [...]    the same, with flood control off (benchmarks)
 //
 // Clients connect, send a username, then chat: each message goes to everyone else, and every
 // event is appended to the log file. Framed clients, nc/telnet and browsers share the room; the
@@ -20,8 +21,10 @@ static int fail(const std::string& why, int status) {
 }
 
 int main(int argc, char** argv) {
-    const std::vector<std::string> args = chatsock::command_line(argc, argv);  // UTF-8 everywhere
+    std::vector<std::string> args = chatsock::command_line(argc, argv);  // UTF-8 everywhere
     chatsock::ServerOptions options;  // every limit has a sensible default; see the header
+    if (args.size() > 1 && args[1] == "--no-flood-control")
+        options.no_flood_control(), args.erase(args.begin() + 1);
     options.host = args.size() > 1 ? args[1] : "127.0.0.1";
     options.log_path = args.size() > 3 ? args[3] : "message_log";
     if (args.size() == 2 && chatsock::parse_port(args[1], options.port))

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # bench/run.sh — chatsock's benchmark: fixed workloads against demo_server (and, on request,
 # Redis pub/sub and the classic Python select() server), one markdown table at the end.
+# demo_server runs with --no-flood-control: the workloads send as fast as they can, which flood
+# control would (rightly) slow down; what is measured is the relay.
 #
 #   bench/run.sh [--quick] [--redis] [--python] [--log-off-too] [--no-log] [--server 'CMD {port}']
 #                [--server-proto chatsock|classic] [--sweep | --sweep-only] [--out DIR]
@@ -175,7 +177,7 @@ start_server() {
     : > "$out"
     case "$name" in
         chatsock|nolog)
-            "${SERVER_PIN[@]}" ./demo_server 127.0.0.1 0 "$log" > "$out" 2>&1 &
+            "${SERVER_PIN[@]}" ./demo_server --no-flood-control 127.0.0.1 0 "$log" > "$out" 2>&1 &
             pid=$!; PROTO[$name]=chatsock
             port=$(wait_for_port_line "$pid" "$out" '^listening on' 10) ;;
         floor)

@@ -4,12 +4,16 @@
 //                           [--hard BYTES] [--soft BYTES] [--soft-ms N] [--max-clients N]
 //                           [--max-payload BYTES] [--accept-pause-ms N] [--drain-ms N]
 //                           [--spare-fds N] [--max-line BYTES] [--history N] [--no-web]
+//                           [--flood-messages N] [--flood-bytes BYTES] [--flood-burst-ms N]
+//                           [--room-pressure BYTES] [--slow-down-ms N] [--no-flood-control]
+//                           [--max-per-address N] [--new-per-address N]
 //
 // --spare-fds N opens N descriptors after listen(), as a program with files of its own would:
 // listen() fits max_clients to `ulimit -n` without knowing of them, so the server can still run
 // out of descriptors (POSIX only).
 //
-// --no-web turns the HTTP side off (ServerOptions::web = false): the only flag without a value.
+// --no-web turns the HTTP side off (ServerOptions::web = false) and --no-flood-control flood
+// control (ServerOptions::no_flood_control()): the only flags without a value.
 //
 // Defaults are ServerOptions' own (port 0: the OS picks one). Like demo_server, it prints the
 // library's diagnostics on stdout ("listening on ..." first) and stops on SIGINT/SIGTERM.
@@ -44,6 +48,10 @@ int main(int argc, char** argv) {
         const std::string flag = argv[i];
         if (flag == "--no-web") {
             options.web = false;
+            continue;
+        }
+        if (flag == "--no-flood-control") {
+            options.no_flood_control();
             continue;
         }
         if (i + 1 >= argc) {
@@ -83,6 +91,13 @@ int main(int argc, char** argv) {
         else if (flag == "--max-payload") options.max_payload = n;
         else if (flag == "--max-line") options.max_line = n;
         else if (flag == "--history") options.history = n;
+        else if (flag == "--flood-messages") options.flood_messages = n;
+        else if (flag == "--flood-bytes") options.flood_bytes = n;
+        else if (flag == "--flood-burst-ms") options.flood_burst = ms;
+        else if (flag == "--room-pressure") options.room_pressure = n;
+        else if (flag == "--slow-down-ms") options.slow_down_after = ms;
+        else if (flag == "--max-per-address") options.max_per_address = n;
+        else if (flag == "--new-per-address") options.new_per_address = n;
         else if (flag == "--spare-fds") spare_fds = n;
         else {
             std::cerr << "attack_server: unknown option " << flag << "\n";

@@ -80,12 +80,14 @@ def next_notice(sock, timeout=TIMEOUT):
 
 
 class Reader(threading.Thread):
-    """Reads (sender, text) messages from a socket on a thread of its own until it closes."""
+    """Reads (sender, text) messages from a socket on a thread of its own until it closes;
+    with `rate`, no faster than that many bytes a second (a terminal, a phone, a slow link)."""
 
-    def __init__(self, sock, keep_text=True):
+    def __init__(self, sock, keep_text=True, rate=None):
         super().__init__(daemon=True)
-        self.sock, self.keep_text = sock, keep_text
-        self.messages = []  # (sender, text), or (sender, len, sha256) without keep_text
+        self.sock, self.keep_text, self.rate = sock, keep_text, rate
+        self.messages = []  # (sender, text), or (sender, len, sha256) for long ones without keep_text
+        self.times = []     # when each message arrived (time.monotonic())
         self.bytes = 0
         self.closed = False
         self.cond = threading.Condition()
@@ -96,9 +98,12 @@ class Reader(threading.Thread):
 
     def run(self):
         buf, names = bytearray(), []
+        started = time.monotonic()
         while True:
+            if self.rate:  # paced: the next 16 KiB only once the bytes so far are due
+                time.sleep(max(0.0, started + self.bytes / self.rate - time.monotonic()))
             try:
-                chunk = self.sock.recv(1 << 20)
+                chunk = self.sock.recv(16384 if self.rate else 1 << 20)
             except OSError:
                 chunk = b""
             with self.cond:
@@ -119,10 +124,11 @@ class Reader(threading.Thread):
                         names.append(payload.decode())
                         continue
                     sender = names.pop()
-                    if self.keep_text or sender == "server":
+                    if self.keep_text or sender == "server" or len(payload) < 1024:
                         self.messages.append((sender, payload.decode()))
                     else:
                         self.messages.append((sender, len(payload), hashlib.sha256(payload).hexdigest()))
+                    self.times.append(time.monotonic())
                 del buf[:start]
                 self.cond.notify_all()
 
@@ -476,7 +482,7 @@ class Resets(AttackTestCase):
         for i in range(40):
             self.send_text(alice, big)
         self.send_text(alice, "done")
-        bob_reader.wait(lambda r: any(m[0] == "alice" and m[1] == 4 for m in r.messages),
+        bob_reader.wait(lambda r: ("alice", "done") in r.messages,
                         timeout=20, what="bob got 'done'")
         got = [m for m in bob_reader.snapshot() if m[0] == "alice"]
         self.assertEqual(len(got), 101)
@@ -853,6 +859,160 @@ class GracefulStop(AttackTestCase):
         events = self.read_log()
         for n in ("sink", "alice", "bob", "carol"):
             self.assertIn(("leave", n, "server stopping"), events)
+
+
+# =============================================================================================
+def flood_payload(i, size):
+    return (f"{i:08d}".encode() * (size // 8 + 1))[:size]
+
+
+SLOW_DOWN = "slow down: you are sending faster than the room can take it; the rest waits, nothing is lost"
+
+
+class FloodControl(AttackTestCase):
+    """Flood control with the defaults on (docs/PROTOCOL.md, "Flood control"): a sender is held
+    back, never a reader cut off, and nothing is lost."""
+
+    def test_flood_is_held_back_slow_readers_get_everything(self):
+        # The scenario of the issue: two readers at 300 KB/s, one client sending 60,000-byte
+        # messages as fast as it can, and a person saying a line a second meanwhile.
+        server, port = self.start_attack_server()
+        readers = [Reader(self.join(port, n), keep_text=False, rate=300_000)
+                   for n in ("reader1", "reader2")]
+        normal_sock = self.join(port, "normal")
+        normal = Reader(normal_sock, keep_text=False)
+        flood_sock = self.join(port, "flooder")
+        flooder = Reader(flood_sock)
+        for r in readers:
+            r.wait_for(("server", "flooder joined"))
+        size, seconds = 60_000, float(os.environ.get("CHATSOCK_FLOOD_SECONDS", "8"))
+        sent, stop = [], threading.Event()
+
+        def flood():
+            while not stop.is_set():
+                payload = flood_payload(len(sent), size)
+                flood_sock.sendall(frame(payload))
+                sent.append(("flooder", size, hashlib.sha256(payload).hexdigest()))
+
+        flooding = threading.Thread(target=flood, daemon=True)
+        flooding.start()
+        lines = []  # (text, when sent)
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < seconds:
+            time.sleep(1.0)
+            lines.append((f"a line from a person, {len(lines)}", time.monotonic()))
+            normal_sock.sendall(frame(lines[-1][0]))
+        stop.set()
+        flooding.join(timeout=60)
+        self.assertFalse(flooding.is_alive(), "the flooder's last send never completed")
+        for r in (*readers, flooder):
+            r.wait(lambda r: sum(1 for m in r.messages if m[0] == "normal") == len(lines), timeout=60,
+                   what="every line of the person")
+        for r in readers:
+            r.wait(lambda r: sum(1 for m in r.messages if m[0] == "flooder") == len(sent),
+                   timeout=60, what=f"all {len(sent)} flooder messages")
+
+        worst = 0.0
+        for r in readers:
+            got = r.snapshot()
+            self.assertFalse(r.closed, "a reader was cut off")
+            self.assertTrue([m for m in got if m[0] == "flooder"] == sent,
+                            "the flooder's messages differ (order or content)")
+            self.assertEqual([m for m in got if m[0] == "server" and "left" in m[1]], [])
+            when = dict(zip(got, r.times))
+            for text, sent_at in lines:
+                worst = max(worst, when[("normal", text)] - sent_at)
+        notices = [m for m in flooder.snapshot() if m[0] == "server" and m[1].startswith("slow down")]
+        self.assertEqual(notices, [("server", SLOW_DOWN)], "the flooder is told once")
+        self.assertNotIn(("server", SLOW_DOWN), normal.snapshot(), "the person is not told")
+        print(f"\n    flood: {len(sent)} x {size} bytes in {seconds:.0f} s "
+              f"({len(sent) * size / seconds / 1000:.0f} KB/s), all delivered in order to two "
+              f"300 KB/s readers; a person's line took {worst:.2f} s at worst", flush=True)
+        self.assertLess(worst, 8.0, "a person's line waited too long behind the flood")
+
+    def test_budget_holds_a_fast_sender_and_leaves_a_person_alone(self):
+        # 100 messages a second in bursts of 50: 300 at once take 2.5 s or more, in order, and
+        # earn one notice; 40 at once go through as they are, without one.
+        server, port = self.start_attack_server("--flood-messages", 100, "--flood-burst-ms", 500,
+                                                "--slow-down-ms", 300, "--room-pressure", 0)
+        reader = Reader(self.join(port, "reader"))
+        person, fast = self.join(port, "person"), self.join(port, "fast")
+        person_notices, fast_notices = Reader(person), Reader(fast)
+        reader.wait_for(("server", "fast joined"))
+        t0 = time.monotonic()
+        person.sendall(b"".join(frame(f"p{i}") for i in range(40)))
+        reader.wait(lambda r: ("person", "p39") in r.messages, what="the person's 40 lines")
+        fast.sendall(b"".join(frame(f"f{i}") for i in range(300)))
+        reader.wait(lambda r: ("fast", "f299") in r.messages, timeout=TIMEOUT + 5, what="all 300")
+        elapsed = time.monotonic() - t0
+        got = reader.snapshot()
+        self.assertEqual([m[1] for m in got if m[0] == "person"], [f"p{i}" for i in range(40)])
+        self.assertEqual([m[1] for m in got if m[0] == "fast"], [f"f{i}" for i in range(300)])
+        # The 300th is read once the 299 before it are paid for, less the burst: 2.49 s.
+        self.assertGreaterEqual(elapsed, 2.3, "300 messages at 100 a second, bursts of 50")
+        fast_notices.wait_for(("server", SLOW_DOWN))
+        self.assertEqual(fast_notices.snapshot().count(("server", SLOW_DOWN)), 1)
+        self.assertNotIn(("server", SLOW_DOWN), person_notices.snapshot())
+
+    def test_byte_budget(self):
+        # 200 KB a second in bursts of 100 KB: the tenth 50 KB message is read once the nine
+        # before it are paid for, less the burst: after 1.75 s.
+        server, port = self.start_attack_server("--flood-bytes", 200_000, "--flood-burst-ms", 500,
+                                                "--room-pressure", 0)
+        reader = Reader(self.join(port, "reader"), keep_text=False)
+        fast = self.join(port, "fast")
+        reader.wait_for(("server", "fast joined"))
+        t0 = time.monotonic()
+        payloads = [flood_payload(i, 50_000) for i in range(10)]
+        fast.sendall(b"".join(frame(p) for p in payloads))
+        reader.wait(lambda r: sum(1 for m in r.messages if m[0] == "fast") == 10, timeout=TIMEOUT + 5,
+                    what="all ten")
+        self.assertGreaterEqual(time.monotonic() - t0, 1.6, "500 KB at 200 KB a second")
+        self.assertEqual([m for m in reader.snapshot() if m[0] == "fast"],
+                         [("fast", 50_000, hashlib.sha256(p).hexdigest()) for p in payloads])
+
+    def test_off_means_off(self):
+        # --no-flood-control (bench/run.sh runs demo_server so): 300 at once with no notice.
+        server, port = self.start_attack_server("--no-flood-control", "--slow-down-ms", 100)
+        reader = Reader(self.join(port, "reader"))
+        fast = self.join(port, "fast")
+        fast_notices = Reader(fast)
+        reader.wait_for(("server", "fast joined"))
+        fast.sendall(b"".join(frame(f"f{i}") for i in range(3000)))
+        reader.wait(lambda r: ("fast", "f2999") in r.messages, what="all 3000")
+        self.assertNotIn(("server", SLOW_DOWN), fast_notices.snapshot())
+
+
+class PerAddressCaps(AttackTestCase):
+    """Off by default (every other test opens many loopback connections); when set, excess
+    connections from one address are told why, then closed."""
+
+    def refused(self, port, why):
+        s = self.raw_connect(port, "extra")
+        self.assertEqual(recv_message(s), ("server", why))
+        recv_until_closed(s)
+        s.close()  # a refused connection counts until it is closed
+
+    def test_connections_at_once(self):
+        server, port = self.start_attack_server("--max-per-address", 3)
+        first = self.join(port, "u0")
+        others = [self.join(port, f"u{i}") for i in (1, 2)]
+        why = f"too many connections from {HOST} (at most 3 at once)"
+        self.refused(port, why)
+        reset(others[0])
+        self.expect(first, "server", "u1 left (connection lost: Connection reset by peer)")
+        self.join(port, "u3")  # room for one again
+        self.refused(port, why)
+        self.assertIn(("refused", why), [(e[0], e[2]) for e in self.read_log()])
+        self.assertIn(why, server.out.decode())
+
+    def test_new_connections_a_second(self):
+        server, port = self.start_attack_server("--new-per-address", 5)
+        socks = [self.join(port, f"u{i}") for i in range(5)]
+        self.refused(port, f"too many new connections from {HOST} (at most 5 a second)")
+        time.sleep(1.1)  # the budget refills: five a second, as many at once
+        socks += [self.join(port, f"v{i}") for i in range(5)]
+        self.assertEqual(len(socks), 10)
 
 
 # =============================================================================================
