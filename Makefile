@@ -90,10 +90,11 @@ MUTATE_ARGS ?=
 mutate:
 	python3 tools/mutate.py $(MUTATE_ARGS)
 
-# The server, client and web in-process tests under valgrind (memcheck): no errors, no definite leaks.
+# The server, client, web and flood in-process tests under valgrind (memcheck): no errors, no
+# definite leaks.
 VALGRIND ?= valgrind --error-exitcode=1 --leak-check=full --errors-for-leak-kinds=definite --quiet
 valgrind: $(BIN)/unit
-	$(VALGRIND) $(BIN)/unit --no-intro -ts=server,client,web
+	$(VALGRIND) $(BIN)/unit --no-intro -ts=server,client,web,flood
 
 $(BIN)/attack_server_asan: tests/attack_server.cpp chatsock.hpp | $(BIN)
 	@echo "== building the attack suite's server under ASan + UBSan"

@@ -1081,7 +1081,7 @@ public:
             if (size - header_size < length) break;
             const bool more = on_frame(std::string_view(data + header_size, length));
             data += header_size + length, size -= header_size + length;
-            if (!more) return all - size;
+            if (!more) return all - size;  // the caller has the rest
         }
         pending_.assign(data, size);  // the start of a frame to finish next time
         return all;
@@ -1987,8 +1987,8 @@ private:
         Clock::time_point budget_until = never;     // over its budget: not read until then
         Clock::time_point held_since = never;       // a streak of holds began
         Clock::time_point progress_at;              // its socket last took bytes
-        bool room_held = false;                     // not read while a recipient's queue drains ...
-        std::vector<ClientId> holding;  // ... like these senders, while its queue drains
+        bool room_held = false;                     // not read until a recipient's queue drains
+        std::vector<ClientId> holding;              // senders not read until its own queue drains
         bool told_to_slow_down = false;
         std::string unread;   // input read, not yet decoded: it was paused (see catch_up())
         std::string address;  // its peer's address, when per-address caps count it
@@ -2466,8 +2466,9 @@ private:
     static constexpr milliseconds reading_window{2000};
     void hold_for_room(Connection& recipient) {
         Connection* sender = reading_;
-        if (!sender || sender == &recipient || sender->room_held ||
-            sender->state != State::joined || now_ - recipient.progress_at > reading_window)
+        const bool still_reading = now_ - recipient.progress_at <= reading_window;
+        if (!sender || sender == &recipient || sender->room_held || !still_reading ||
+            sender->state != State::joined || recipient.state != State::joined)
             return;
         sender->room_held = true;
         recipient.holding.push_back(sender->info.id);
@@ -2481,8 +2482,8 @@ private:
                 sender->room_held = false, set_paused(*sender);
         recipient.holding.clear();
     }
-    // Reads a client, or not, as its holds say. A client held again before it has drained its
-    // socket is in one streak of holds: a long streak earns it one notice.
+    // Reads a client, or not, as its holds say. Holds make a streak until nothing of the client
+    // waits (end_streak): a streak longer than slow_down_after earns one notice.
     void set_paused(Connection& c) {
         const bool paused = c.room_held || c.budget_until != never;
         if (paused && c.held_since == never) c.held_since = now_;
@@ -2493,9 +2494,10 @@ private:
         c.watch(poller_);
         schedule(c);
     }
-    // Nothing of the client's waits: a streak of holds ends (held again now: a new one begins).
+    // Nothing of the client's waits (its socket drained, nothing kept): a streak of holds ends,
+    // even if it is held now. A person whose one line waited behind a flood is not told.
     void end_streak(Connection& c) {
-        c.held_since = c.paused ? now_ : never;
+        c.held_since = never;
         c.told_to_slow_down = false;
     }
     Clock::time_point notice_due(const Connection& c) const {

@@ -1212,6 +1212,37 @@ class WebAttacks(WebTestCase):
         self.assertIn(("message", "maxine", "m" * 4096), events)
         self.assert_unaffected()
 
+    def test_flood_control_holds_back_lines_and_browsers(self):
+        # The defaults (the Windows demo_server's too): 500 messages a second, bursts of a
+        # second's worth. 1,500 lines in one send from a line client, and 1,500 WebSocket
+        # messages from a browser, are read at that pace: 2 s or more, every one in order, one
+        # "slow down" notice each; the bystanders chat on meanwhile.
+        server, port = self.start_web_server()
+        self.room(port)
+        count = 1500
+        lou, lou_in = self.line_client(port, "lou")
+        web, web_in = self.websocket(port, "web")
+        self.bystanders["alice"][1].wait_for(("server", "web joined"))
+        t0 = time.monotonic()
+        lou.sendall(b"".join(f"lou {i}\n".encode() for i in range(count)))
+        web.sendall(b"".join(ws_frame(TEXT, f"web {i}") for i in range(count)))
+        self.say("alice", "alice, amid the flood")
+        for name in ("bob", "carol"):
+            self.bystanders[name][1].wait_for(("alice", "alice, amid the flood"))
+        for name, (_, reader, _) in self.bystanders.items():
+            reader.wait(lambda: ("lou", f"lou {count - 1}") in reader.chat() and
+                        ("web", f"web {count - 1}") in reader.chat(), 4 * TIMEOUT, f"{name}: both floods")
+        took = time.monotonic() - t0
+        self.others = {"lou": [f"lou {i}" for i in range(count)], "web": [f"web {i}" for i in range(count)]}
+        self.assertGreaterEqual(took, 1.8, "1,500 messages at 500 a second, bursts of 501")
+        told = ("server", "slow down: you are sending faster than the room can take it; "
+                          "the rest waits, nothing is lost")
+        lou_in.wait_for(told)
+        web_in.wait_for(told)
+        self.assertEqual(lou_in.chat().count(told), 1)
+        self.assertEqual(web_in.chat().count(told), 1)
+        self.assert_unaffected()
+
     @needs_flags
     def test_max_line_flag_and_max_payload_bound_it(self):
         for flags, limit in ((("--max-line", 100), 100), (("--max-line", 100000, "--max-payload", 50), 50)):
@@ -1224,9 +1255,12 @@ class WebAttacks(WebTestCase):
                 reader.wait_for(("server", f"protocol error: line over {limit} bytes"))
                 reader.wait_closed()
 
+    @needs_flags
     def test_a_million_one_byte_lines(self):
+        # The relay's own speed with lines: flood control off (with it on, 500 lines a second
+        # would take half an hour; test_flood_control_holds_back_lines_and_browsers has it on).
         count = 1_000_000
-        server, port = self.start_web_server()
+        server, port = self.start_web_server("--no-flood-control")
         self.room(port)
         spam, spam_in = self.line_client(port, "spam")
         self.bystanders["carol"][1].wait_for(("server", "spam joined"))

@@ -93,6 +93,23 @@ TEST_SUITE("flood") {
         CHECK(texts_from(reader, "lou") == numbered("line ", 40));
     }
 
+    TEST_CASE("input kept in order even when the budget runs out within the first bytes") {
+        // The first bytes of a connection are copied aside to tell its wire format: a budget of
+        // one message (and the one over) runs out inside them, and the rest must queue behind.
+        auto options = budget_options();
+        options.flood_messages = 10;
+        options.flood_burst = milliseconds(100);
+        chatsock::Server server(options);
+        const auto port = cst::start(server);
+        RawPeer reader, lines;
+        cst::raw_join(server, reader, port, "reader");
+        lines.connect(port);
+        REQUIRE(lines.send("u\na\nb\nc\nd\ne\nf\n"));
+        REQUIRE(cst::pump(
+            server, [&] { return texts_from(reader, "u").size() == 6; }, reader, lines));
+        CHECK(texts_from(reader, "u") == std::vector<std::string>{"a", "b", "c", "d", "e", "f"});
+    }
+
     TEST_CASE("flood control off: sixty at once go through at once") {
         auto options = budget_options();
         options.no_flood_control();
