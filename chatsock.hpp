@@ -1992,8 +1992,10 @@ private:
         bool told_to_slow_down = false;
         std::string unread;   // input read, not yet decoded: it was paused (see catch_up())
         std::string address;  // its peer's address, when per-address caps count it
-        bool dirty = false;   // has output to try at the end of this turn
-        bool dead = false;    // to be closed at the end of this turn
+        std::string refusal;  // refused as it arrived: why (see refuse_on_arrival())
+        const char* refusal_status = nullptr;  // and the HTTP status, should it be a browser
+        bool dirty = false;                    // has output to try at the end of this turn
+        bool dead = false;                     // to be closed at the end of this turn
         std::string leave_reason;
         std::size_t member_slot = 0;       // index in its group of members_ when joined
         std::string first_bytes;           // while its wire is unknown
@@ -2064,15 +2066,23 @@ private:
         schedule(ref);  // the handshake's deadline
         if (connections_.size() > options_.max_clients) {
             log_.add("refused", ref.info.peer, "server full");
-            refuse(ref,
-                   "the server is full (" + std::to_string(options_.max_clients) + " clients)");
+            const std::string why = std::to_string(options_.max_clients) + " clients";
+            refuse_on_arrival(ref, "the server is full (" + why + ")", "503 Service Unavailable");
         } else if (options_.max_per_address || options_.new_per_address) {
-            const std::string problem = count_address(ref);
+            std::string problem = count_address(ref);
             if (problem.empty()) return;
             log_.add("refused", ref.info.peer, problem);
             say("refused " + ref.info.peer + ": " + problem);
-            refuse(ref, problem);
+            refuse_on_arrival(ref, std::move(problem), "429 Too Many Requests");
         }
+    }
+    // Refused as it arrives: told why in its own wire format once its first bytes show it (a
+    // browser gets an HTTP answer, not a stray frame), or in frames if none come within 1 s.
+    void refuse_on_arrival(Connection& c, std::string why, const char* http_status) {
+        c.refusal = std::move(why);
+        c.refusal_status = http_status;
+        c.state_until = Clock::now() + milliseconds(1000);
+        schedule(c);
     }
     // Per-address caps: connections at once, and new ones a second (GCRA, bursts of a second).
     std::string count_address(Connection& c) {
@@ -2168,6 +2178,11 @@ private:
                 c.other.reset(
                     new OtherWire{LineDecoder(std::min(options_.max_line, options_.max_payload)),
                                   WebSocketDecoder(options_.max_payload), std::string()});
+            if (c.info.wire == Wire::http && !c.refusal.empty())
+                return respond(c,
+                               detail::http_response(c.refusal_status, "text/plain; charset=utf-8",
+                                                     c.refusal + "\n"));
+            if (!c.refusal.empty()) return refuse(c, c.refusal);
             const std::string first = std::move(c.first_bytes);
             std::string().swap(c.first_bytes);
             decode(c, first.data(), first.size(), on_payload);
@@ -2574,7 +2589,9 @@ private:
     }
     void expire(Connection& c, Clock::time_point now) {
         if (due(c) > now) return schedule(c);  // not yet: the deadline moved later
-        if (c.state == State::naming) {
+        if (c.state == State::naming && !c.refusal.empty()) {
+            refuse(c, c.refusal);  // it has said nothing yet: told in frames
+        } else if (c.state == State::naming) {
             log_.add("refused", c.info.peer, "no username in time");
             say("refused " + c.info.peer + ": no username in time");
             if (c.info.wire == Wire::http)

@@ -756,6 +756,30 @@ class Http(WebTestCase):
         events = self.read_log()  # pages and 4xx answers are not logged; only the 431 is
         self.assertEqual([e[::2] for e in events], [("refused", "an HTTP request over 8192 bytes")], events)
 
+    @needs_flags
+    def test_refused_on_arrival_each_in_its_own_format(self):
+        # A connection over a cap is told why in the format its first bytes show: a browser
+        # gets an HTTP answer (429 over a per-address cap, 503 when the server is full), a line
+        # client a line, a framed client (or one that says nothing for a second) a notice.
+        _, port = self.start_web_server("--max-per-address", 1)
+        self.framed_client(port, "alice")  # the one connection 127.0.0.1 may have
+        why = f"too many connections from {HOST} (at most 1 at once)"
+        (line, headers, body), _ = self.request(port, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        self.assertEqual((line, body), ("HTTP/1.1 429 Too Many Requests", why.encode() + b"\n"))
+        self.assertEqual(headers.get("content-length"), str(len(body)))
+        s = self.connect(port)
+        s.sendall(b"lou\n")
+        self.assertEqual(recv_until_closed(s), f"* {why}\r\n".encode())
+        silent = self.connect(port)
+        t0 = time.monotonic()
+        data = recv_until_closed(silent)
+        self.assertGreaterEqual(time.monotonic() - t0, 0.9, "told once a second has passed")
+        self.assertEqual(data, frame("server") + frame(why))
+        _, full_port = self.start_web_server("--max-clients", 1, log="full.log")
+        self.framed_client(full_port, "bob")
+        (line, _, body), _ = self.request(full_port, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        self.assertEqual((line, body), ("HTTP/1.1 503 Service Unavailable", b"the server is full (1 clients)\n"))
+
 
 # =============================================================================================
 class Lines(WebTestCase):
