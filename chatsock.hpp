@@ -2491,7 +2491,6 @@ private:
         set_paused(*sender);
     }
     void release_held(Connection& recipient) {
-        if (recipient.holding.empty()) return;
         for (ClientId id : recipient.holding)
             if (Connection* sender = live(id); sender && sender->room_held)
                 sender->room_held = false, set_paused(*sender);
