@@ -1990,9 +1990,10 @@ private:
         bool room_held = false;                     // not read until a recipient's queue drains
         std::vector<ClientId> holding;              // senders not read until its own queue drains
         bool told_to_slow_down = false;
-        std::string unread;   // input read, not yet decoded: it was paused (see catch_up())
-        std::string address;  // its peer's address, when per-address caps count it
-        std::string refusal;  // refused as it arrived: why (see refuse_on_arrival())
+        bool unwatched = false;  // see stop_watching()
+        std::string unread;      // input read, not yet decoded: it was paused (see catch_up())
+        std::string address;     // its peer's address, when per-address caps count it
+        std::string refusal;     // refused as it arrived: why (see refuse_on_arrival())
         const char* refusal_status = nullptr;  // and the HTTP status, should it be a browser
         bool dirty = false;                    // has output to try at the end of this turn
         bool dead = false;                     // to be closed at the end of this turn
@@ -2121,6 +2122,7 @@ private:
                 return;
             }
             if (ec) return close_now(c, "connection lost: " + ec.message());
+            if (n == 0 && (c.paused || !c.unread.empty())) return stop_watching(c);
             if (n == 0 && c.info.wire == Wire::lines && c.state != State::closing)
                 take_input(c, nullptr, 0);  // a last line without its newline
             if (n == 0) return c.dead ? void() : peer_finished(c);
@@ -2505,8 +2507,15 @@ private:
         if (!paused && c.frame_until != never)  // a frame's time does not run while we wait
             c.frame_until = now_ + options_.frame_timeout;
         if (!paused) resumed_.push_back(c.info.id);  // what it sent before is handled first
+        if (!paused && std::exchange(c.unwatched, false)) poller_.add(c.socket.get(), 0);
         c.watch(poller_);
         schedule(c);
+    }
+    // It has sent all it will (WSAPoll then reports a hang-up in every turn) while what it sent
+    // waits: out of the poller until it is read again; its end is seen then, in its turn.
+    void stop_watching(Connection& c) {
+        poller_.remove(c.socket.get());
+        c.unwatched = true;
     }
     // Nothing of the client's waits (its socket drained, nothing kept): a streak of holds ends,
     // even if it is held now. A person whose one line waited behind a flood is not told.
