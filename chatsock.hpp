@@ -1989,11 +1989,11 @@ private:
         Clock::time_point progress_at;              // its socket last took bytes
         bool room_held = false;                     // not read until a recipient's queue drains
         std::vector<ClientId> holding;              // senders not read until its own queue drains
-        bool told_to_slow_down = false;
-        bool unwatched = false;  // see stop_watching()
-        std::string unread;      // input read, not yet decoded: it was paused (see catch_up())
-        std::string address;     // its peer's address, when per-address caps count it
-        std::string refusal;     // refused as it arrived: why (see refuse_on_arrival())
+        Clock::time_point told_at = Clock::time_point::min();  // its last "slow down" notice
+        bool unwatched = false;                                // see stop_watching()
+        std::string unread;   // input read, not yet decoded: it was paused (see catch_up())
+        std::string address;  // its peer's address, when per-address caps count it
+        std::string refusal;  // refused as it arrived: why (see refuse_on_arrival())
         const char* refusal_status = nullptr;  // and the HTTP status, should it be a browser
         bool dirty = false;                    // has output to try at the end of this turn
         bool dead = false;                     // to be closed at the end of this turn
@@ -2499,7 +2499,7 @@ private:
         recipient.holding.clear();
     }
     // Reads a client, or not, as its holds say. Holds make a streak until nothing of the client
-    // waits (end_streak): a streak longer than slow_down_after earns one notice.
+    // waits (end_streak): a streak longer than slow_down_after earns a notice, one a minute.
     void set_paused(Connection& c) {
         const bool paused = c.room_held || c.budget_until != never;
         if (paused && c.held_since == never) c.held_since = now_;
@@ -2519,13 +2519,11 @@ private:
     }
     // Nothing of the client's waits (its socket drained, nothing kept): a streak of holds ends,
     // even if it is held now. A person whose one line waited behind a flood is not told.
-    void end_streak(Connection& c) {
-        c.held_since = never;
-        c.told_to_slow_down = false;
-    }
+    void end_streak(Connection& c) { c.held_since = never; }
     Clock::time_point notice_due(const Connection& c) const {
-        if (c.told_to_slow_down || c.held_since == never) return never;
-        return c.held_since + options_.slow_down_after;
+        if (c.held_since == never) return never;
+        return std::max(c.held_since + options_.slow_down_after,
+                        c.told_at + std::chrono::minutes(1));
     }
     Clock::time_point stops_reading(const Connection& c) const {
         return c.holding.empty() ? never : c.progress_at + reading_window;
@@ -2534,7 +2532,7 @@ private:
     void flood_timers(Connection& c, Clock::time_point now) {
         if (now >= c.budget_until) c.budget_until = never, set_paused(c);
         if (now >= notice_due(c)) {
-            c.told_to_slow_down = true;
+            c.told_at = now;
             send_to(c.info.id,
                     "slow down: you are sending faster than the room can take it; "
                     "the rest waits, nothing is lost");
