@@ -28,6 +28,13 @@ std::vector<std::string> numbered(const std::string& prefix, int count) {
     return out;
 }
 
+// The frames of `texts`, back to back: what one send of many messages looks like.
+std::string frames_of(const std::vector<std::string>& texts) {
+    std::string out;
+    for (const auto& t : texts) out += chatsock::encode_frame(t);
+    return out;
+}
+
 // 50 messages a second in bursts of 200 ms (10, and the one that goes over), room pressure off.
 chatsock::ServerOptions budget_options() {
     auto options = cst::quiet_options();
@@ -51,18 +58,14 @@ TEST_SUITE("flood") {
         cst::raw_join(server, person, port, "person");
 
         // Ten at once are within the burst: all there in one go, and no notice.
-        std::string ten;
-        for (const auto& t : numbered("p", 10)) ten += chatsock::encode_frame(t);
-        REQUIRE(person.send(ten));
+        REQUIRE(person.send(frames_of(numbered("p", 10))));
         REQUIRE(cst::pump(
             server, [&] { return texts_from(reader, "person").size() == 10; }, reader, person));
 
         // Sixty at once: the burst passes, then 50 a second, so the last is read no sooner than
         // (60 - 11) / 50 s after the first.
-        std::string sixty;
-        for (const auto& t : numbered("f", 60)) sixty += chatsock::encode_frame(t);
         const auto t0 = Clock::now();
-        REQUIRE(fast.send(sixty));
+        REQUIRE(fast.send(frames_of(numbered("f", 60))));
         REQUIRE(cst::pump(
             server, [&] { return texts_from(reader, "fast").size() >= 11; }, reader, fast));
         const double seconds = static_cast<double>(cst::elapsed_ms(t0)) / 1000.0;
@@ -118,9 +121,7 @@ TEST_SUITE("flood") {
         RawPeer reader, fast;
         cst::raw_join(server, reader, port, "reader");
         cst::raw_join(server, fast, port, "fast");
-        std::string sixty;
-        for (const auto& t : numbered("f", 60)) sixty += chatsock::encode_frame(t);
-        REQUIRE(fast.send(sixty));
+        REQUIRE(fast.send(frames_of(numbered("f", 60))));
         REQUIRE(cst::pump(
             server, [&] { return texts_from(reader, "fast").size() == 60; }, reader, fast));
         for (const auto& notice : texts_from(fast, "server")) CHECK(notice != slow_down);
