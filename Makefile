@@ -10,6 +10,8 @@
 #                     the header and check that its test fails (MUTATE_ARGS: see tools/mutate.py)
 #   make fuzz         the libFuzzer targets in fuzz/, FUZZ_SECONDS (60) each (clang, libclang-rt-14-dev)
 #   make bench        build the load generator bench/chatsock_bench (bench/run.sh runs it)
+#   make cluster      build demo_cluster_server (the NATS add-on in cluster/), where libnats is
+#                     installed (libnats-dev); tests/e2e_cluster.py runs it with nats-server
 #   make clean
 CXX      ?= g++
 CXXFLAGS ?= -std=c++17 -O2 -g -Wall -Wextra -Wpedantic -Werror
@@ -26,6 +28,20 @@ demo_server: demo_server.cpp chatsock.hpp
 
 demo_client: demo_client.cpp chatsock.hpp
 	$(CXX) $(CXXFLAGS) demo_client.cpp -o $@
+
+# The cluster add-on links libnats: built only where it is installed (pkg-config, or its header).
+NATS_LIBS := $(shell pkg-config --libs libnats 2>/dev/null || \
+                 (test -f /usr/include/nats/nats.h && echo -lnats))
+
+ifneq ($(strip $(NATS_LIBS)),)
+cluster: demo_cluster_server
+else
+cluster:
+	@echo "libnats is not installed (apt-get install libnats-dev): the cluster add-on is not built"
+endif
+
+demo_cluster_server: demo_cluster_server.cpp cluster/chatsock_cluster.hpp chatsock.hpp
+	$(CXX) $(CXXFLAGS) demo_cluster_server.cpp -o $@ $(NATS_LIBS) -pthread
 
 # The unit tests, built twice: with the platform's default poller (epoll on Linux) and with
 # the portable poll() backend forced, so both run the whole server and client suite.
@@ -151,7 +167,7 @@ bench/floor_relay: bench/floor_relay.cpp
 	$(CXX) -std=c++17 -O2 -g -Wall -Wextra -Wpedantic -Werror $< -o $@
 
 clean:
-	rm -rf $(BIN) build demo_server demo_client demo_server.exe demo_client.exe
+	rm -rf $(BIN) build demo_server demo_client demo_cluster_server demo_server.exe demo_client.exe
 	rm -f bench/chatsock_bench bench/floor_relay
 
-.PHONY: all test mutate valgrind sanitize tsan clean windows test-windows fuzz bench
+.PHONY: all cluster test mutate valgrind sanitize tsan clean windows test-windows fuzz bench

@@ -1,0 +1,626 @@
+// chatsock_cluster.hpp — one chatsock room across many servers, over a NATS cluster.
+//
+// An add-on: chatsock.hpp itself has no dependency; this header links libnats (Debian:
+// libnats-dev; build with -lnats -pthread). It plugs into chatsock::Server through its public
+// API only: the on_join / on_message / on_leave callbacks, post(), broadcast(), send_to(),
+// disconnect() and log_event().
+//
+//   chatsock::Server server(options);
+//   chatsock::enable_commands(server);            // first: the cluster wraps what is there
+//   chatsock::Cluster cluster(server, {{"nats://127.0.0.1:4222"}, "node-a"});
+//   if (std::string problem = cluster.start(); !problem.empty()) ...
+//   server.run();                                 // destroy the cluster after run() returns
+//
+// How it works (docs/CLUSTER.md has the whole story):
+// - Every node publishes its room's events (joins, leaves, messages, heartbeats) on the subject
+//   chatsock.<room>.events and relays what the other nodes publish there to its own clients.
+//   Each event carries its node's name, the node's boot id and a per-node sequence number:
+//   receivers drop their own echoes and duplicates, and note gaps; one NATS connection
+//   delivers one publisher's events in order, so per-sender order holds.
+// - Names are unique across the cluster: a name is claimed in the JetStream key-value bucket
+//   chatsock_<room>_names with an atomic create. The server checks a name synchronously, so a
+//   user is accepted locally first and claimed at once, on a worker thread; a user whose claim
+//   fails is disconnected with the usual rule text (name refused: the name "x" is taken). Its
+//   messages wait (not relayed, not lost) until the claim succeeds.
+// - A claim is a lease: its node renews it every name_ttl / 3; the bucket forgets a name
+//   name_ttl after the last renewal. A dead node's names are free within name_ttl.
+// - A node that has not been heard for node_lost_after (heartbeats every `heartbeat`) is lost:
+//   its users are announced as left ("node lost").
+// - NATS unreachable: the node serves its local room (users are then local only and unclaimed)
+//   and joins the cluster, claiming its users' names, when NATS appears.
+#ifndef CHATSOCK_CLUSTER_HPP
+#define CHATSOCK_CLUSTER_HPP
+
+#include "../chatsock.hpp"
+
+#include <nats/nats.h>
+
+#include <atomic>
+#include <cctype>
+#include <condition_variable>
+#include <cstdio>
+#include <deque>
+#include <functional>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <random>
+#include <string>
+#include <thread>
+#include <unordered_map>
+#include <vector>
+
+namespace chatsock {
+
+struct ClusterOptions {
+    std::vector<std::string> servers;  // NATS URLs, e.g. nats://127.0.0.1:4222; user:password@
+                                       // or token@ before the host when the servers want it
+    std::string node;                  // this node's name, unique in the cluster: 1-32 of
+                                       // A-Z a-z 0-9 _ -
+    std::string room = "lobby";        // same characters; nodes of one room share it
+    milliseconds heartbeat{1000};
+    milliseconds node_lost_after{5000};  // silent this long: the node's users are announced left
+    milliseconds name_ttl{15000};        // a dead node's names are free after at most this
+    int replicas = 1;                    // copies of the names bucket; 3 survives losing a server
+    milliseconds reconnect_wait{250};    // between two attempts on the same NATS server
+    int reconnect_buffer = 8 << 20;      // bytes published while disconnected, kept until back
+};
+
+// The events on the bus: a versioned, length-checked text encoding, no JSON. An event is
+// "CS1" followed by its fields, each as " <length>:<bytes>" (the length in decimal, at most 7
+// digits), so any byte may appear in a field. The first four fields are always the node, its
+// boot id (hex), its sequence number (decimal) and the kind; the kind's own fields follow:
+//   hb                  heartbeat             who                  "send me your users"
+//   roster NAME...      users present         join NAME            leave NAME REASON
+//   msg NAME TEXT       a message
+namespace cluster_wire {
+constexpr std::string_view version = "CS1";
+constexpr std::size_t max_event = 256 * 1024;  // longer events are dropped unread
+constexpr std::size_t max_fields = 4 + 1024;
+
+inline void put(std::string& out, std::string_view field) {
+    out.append(1, ' ').append(std::to_string(field.size())).append(1, ':').append(field);
+}
+// Splits an event into its fields; false when it is not a well-formed event.
+inline bool split(std::string_view in, std::vector<std::string>& fields) {
+    if (in.size() > max_event || in.substr(0, version.size()) != version) return false;
+    for (std::size_t at = version.size(); at < in.size();) {
+        if (in[at++] != ' ' || fields.size() == max_fields) return false;
+        std::size_t length = 0, digits = 0;
+        for (; at < in.size() && in[at] >= '0' && in[at] <= '9' && digits < 7; ++at, ++digits)
+            length = length * 10 + std::size_t(in[at] - '0');
+        if (digits == 0 || at == in.size() || in[at++] != ':' || length > in.size() - at)
+            return false;
+        fields.emplace_back(in.substr(at, length));
+        at += length;
+    }
+    return true;
+}
+// Node and room names: 1-32 of A-Z a-z 0-9 _ - (safe in NATS subjects and bucket names).
+inline bool is_token(std::string_view s) {
+    if (s.empty() || s.size() > 32) return false;
+    for (char c : s)
+        if (!std::isalnum(static_cast<unsigned char>(c)) && c != '_' && c != '-') return false;
+    return true;
+}
+inline bool is_number(std::string_view s, bool hex) {
+    if (s.empty() || s.size() > (hex ? 16 : 19)) return false;
+    for (char c : s)
+        if (!std::isdigit(static_cast<unsigned char>(c)) &&
+            !(hex && std::isxdigit(static_cast<unsigned char>(c))))
+            return false;
+    return true;
+}
+// How many fields of its own each kind has (-1: any number); 0 for an unknown kind too.
+inline int arity(std::string_view kind, bool& known) {
+    static const std::map<std::string_view, int> kinds = {
+        {"hb", 0}, {"who", 0}, {"roster", -1}, {"join", 1}, {"leave", 2}, {"msg", 2}};
+    auto it = kinds.find(kind);
+    known = it != kinds.end();
+    return known ? it->second : 0;
+}
+// A name's key in the bucket: its ASCII-lowercase form in hex (keys allow few characters).
+inline std::string name_key(std::string_view name) {
+    static const char digits[] = "0123456789abcdef";
+    std::string key = "n.";
+    for (unsigned char c : detail::ascii_lower(name)) key += digits[c >> 4], key += digits[c & 15];
+    return key;
+}
+}  // namespace cluster_wire
+
+class Cluster {
+public:
+    Cluster(Server& server, ClusterOptions options)
+        : server_(server), options_(std::move(options)), alive_(std::make_shared<char>()) {
+        std::random_device seed;
+        char hex[17];
+        std::snprintf(hex, sizeof hex, "%08x%08x", unsigned(seed()), unsigned(seed()));
+        boot_ = hex;
+        owner_ = options_.node + " " + boot_;
+    }
+    Cluster(const Cluster&) = delete;
+    Cluster& operator=(const Cluster&) = delete;
+    // Installs the callbacks and connects; empty when started, else why not. NATS being
+    // unreachable is no failure: the node serves its own room and joins the cluster later.
+    std::string start() {
+        if (!cluster_wire::is_token(options_.node))
+            return "the node name must be 1-32 of A-Z a-z 0-9 _ -";
+        if (!cluster_wire::is_token(options_.room))
+            return "the room name must be 1-32 of A-Z a-z 0-9 _ -";
+        if (options_.servers.empty()) return "no NATS server URL";
+        subject_ = "chatsock." + options_.room + ".events";
+        bucket_ = "chatsock_" + options_.room + "_names";
+        std::vector<const char*> urls;
+        for (const std::string& url : options_.servers) urls.push_back(url.c_str());
+        natsStatus s = natsOptions_Create(&nats_options_);
+        if (s == NATS_OK) s = natsOptions_SetServers(nats_options_, urls.data(), int(urls.size()));
+        if (s == NATS_OK) s = natsOptions_SetNoRandomize(nats_options_, true);
+        if (s == NATS_OK) s = natsOptions_SetName(nats_options_, options_.node.c_str());
+        if (s == NATS_OK) s = natsOptions_SetNoEcho(nats_options_, true);
+        if (s == NATS_OK) s = natsOptions_SetMaxReconnect(nats_options_, -1);  // for ever
+        if (s == NATS_OK)
+            s = natsOptions_SetReconnectWait(nats_options_, options_.reconnect_wait.count());
+        if (s == NATS_OK)
+            s = natsOptions_SetReconnectBufSize(nats_options_, options_.reconnect_buffer);
+        if (s == NATS_OK) s = natsOptions_SetDisconnectedCB(nats_options_, on_disconnected, this);
+        if (s == NATS_OK) s = natsOptions_SetReconnectedCB(nats_options_, on_connected, this);
+        if (s == NATS_OK) s = natsOptions_SetClosedCB(nats_options_, on_closed, this);
+        if (s == NATS_OK)
+            s = natsOptions_SetRetryOnFailedConnect(nats_options_, true, on_connected, this);
+        if (s != NATS_OK) return std::string("NATS options: ") + natsStatus_GetText(s);
+        install_callbacks();
+        s = natsConnection_Connect(&nc_, nats_options_);
+        if (s == NATS_NOT_YET_CONNECTED)
+            say("NATS is unreachable: serving the local room only, joining the cluster when "
+                "NATS appears");
+        else if (s != NATS_OK)
+            return std::string("cannot connect to NATS: ") + natsStatus_GetText(s);
+        else
+            connected_ = true, say("connected to NATS at " + connected_url());
+        s = natsConnection_Subscribe(&sub_, nc_, subject_.c_str(), on_bus, this);
+        if (s == NATS_OK) s = natsSubscription_SetOnCompleteCB(sub_, on_sub_done, this);
+        if (s == NATS_OK) s = natsConnection_JetStream(&js_, nc_, nullptr);
+        if (s != NATS_OK) return std::string("cannot subscribe: ") + natsStatus_GetText(s);
+        worker_ = std::thread([this] { work(); });
+        return {};
+    }
+    ~Cluster() {
+        alive_.reset();  // tasks already posted to the loop do nothing now
+        {
+            std::lock_guard<std::mutex> hold(mutex_);
+            stopping_ = true;
+        }
+        wake_.notify_all();
+        if (sub_) natsSubscription_Unsubscribe(sub_);
+        if (nc_ && connected_) natsConnection_FlushTimeout(nc_, 1000);  // the last leaves
+        if (nc_) natsConnection_Close(nc_);  // also ends a key-value request under way
+        if (worker_.joinable()) worker_.join();
+        {  // libnats calls back on its threads: wait (bounded) until it is done with `this`
+            std::unique_lock<std::mutex> hold(mutex_);
+            wake_.wait_for(hold, std::chrono::seconds(2),
+                           [&] { return (!sub_ || sub_done_) && (!nc_ || closed_); });
+        }
+        kvStore_Destroy(kv_);
+        jsCtx_Destroy(js_);
+        natsSubscription_Destroy(sub_);
+        natsConnection_Destroy(nc_);
+        natsOptions_Destroy(nats_options_);
+    }
+
+private:
+    enum class Claim { pending, claimed, local_only };
+    struct Local {
+        std::string name;
+        Claim claim = Claim::pending;
+        std::vector<std::string> held;  // its messages while the claim is pending
+    };
+    struct Peer {
+        std::string boot;
+        std::uint64_t seq = 0;
+        Clock::time_point heard;
+        std::map<std::string, std::string> users;  // lowercase name -> name
+    };
+    struct Job {  // for the worker thread
+        enum Kind { claim, release } kind;
+        ClientId id;
+        std::string name;
+    };
+    struct Lease {  // a name this node holds in the bucket (worker thread only)
+        ClientId id;
+        std::string name;
+        std::uint64_t revision;
+    };
+
+    // ---- on the server's loop thread --------------------------------------------------------
+    void install_callbacks() {
+        server_.on_join = [this, next = std::move(server_.on_join)](const ClientInfo& who) {
+            if (next) next(who);
+            locals_[who.id].name = who.name;
+            local_names_[detail::ascii_lower(who.name)] = who.id;
+            submit({Job::claim, who.id, who.name});
+        };
+        server_.on_message = [this, next = std::move(server_.on_message)](const ClientInfo& who,
+                                                                            std::string& text) {
+            if (next && !next(who, text)) return false;  // a command, or dropped by policy
+            auto it = locals_.find(who.id);
+            if (it == locals_.end()) return true;
+            if (it->second.claim == Claim::pending) {  // sent on once the name is ours
+                it->second.held.push_back(text);
+                return false;
+            }
+            if (it->second.claim == Claim::claimed) publish("msg", {who.name, text});
+            return true;
+        };
+        server_.on_leave = [this, next = std::move(server_.on_leave)](const ClientInfo& who,
+                                                                       std::string_view reason) {
+            auto it = locals_.find(who.id);
+            if (it != locals_.end()) {
+                if (it->second.claim == Claim::claimed) publish("leave", {who.name, reason});
+                submit({Job::release, who.id, who.name});  // the worker frees it if it holds it
+                local_names_.erase(detail::ascii_lower(who.name));
+                locals_.erase(it);
+            }
+            if (next) next(who, reason);
+        };
+    }
+    void publish(std::string_view kind, std::initializer_list<std::string_view> fields) {
+        if (!nc_) return;
+        std::string event = header(kind);
+        for (std::string_view f : fields) cluster_wire::put(event, f);
+        const natsStatus s =
+            natsConnection_Publish(nc_, subject_.c_str(), event.data(), int(event.size()));
+        if (s != NATS_OK && !std::exchange(publish_failed_, true))
+            say(std::string("cannot publish on the bus: ") + natsStatus_GetText(s));
+        if (s == NATS_OK) publish_failed_ = false;
+    }
+    // The four fields every event starts with; the next sequence number is taken.
+    std::string header(std::string_view kind) {
+        std::string event(cluster_wire::version);
+        cluster_wire::put(event, options_.node);
+        cluster_wire::put(event, boot_);
+        cluster_wire::put(event, std::to_string(++seq_));
+        cluster_wire::put(event, kind);
+        return event;
+    }
+    // This node's claimed users, in roster events of at most ~64 KiB.
+    void publish_roster() {
+        std::vector<std::string> names;
+        for (const auto& [id, local] : locals_)
+            if (local.claim == Claim::claimed) names.push_back(local.name);
+        for (std::size_t i = 0; i < names.size();) {
+            std::vector<std::string_view> chunk;
+            for (std::size_t bytes = 0; i < names.size() && bytes < (64u << 10) &&
+                                        chunk.size() < cluster_wire::max_fields - 4;
+                 ++i)
+                chunk.push_back(names[i]), bytes += names[i].size() + 8;
+            std::string event = header("roster");  // like publish(), with a list
+            for (std::string_view f : chunk) cluster_wire::put(event, f);
+            natsConnection_Publish(nc_, subject_.c_str(), event.data(), int(event.size()));
+        }
+    }
+    void on_event(const std::string& data) {
+        std::vector<std::string> f;
+        bool known = false;
+        if (!cluster_wire::split(data, f) || f.size() < 4 || !cluster_wire::is_token(f[0]) ||
+            !cluster_wire::is_number(f[1], true) || !cluster_wire::is_number(f[2], false))
+            return drop("a malformed event of " + std::to_string(data.size()) + " bytes");
+        const int own = cluster_wire::arity(f[3], known);
+        if (!known || (own >= 0 && f.size() != 4u + std::size_t(own)))
+            return drop("an event of unknown kind or size from node " + f[0]);
+        const std::string& node = f[0];
+        if (node == options_.node) return;  // our own echo (no_echo is on: this is a spare)
+        const std::uint64_t seq = std::stoull(f[2]);
+        if (seq == 0) return drop("an event numbered 0 from node " + node);
+        Peer& peer = peers_[node];
+        if (peer.boot != f[1]) {  // a node we did not know, or one that restarted
+            if (!peer.boot.empty()) forget(node, peer, "node restarted");
+            peer = Peer();
+            peer.boot = f[1];
+            peer.seq = seq - 1;
+            say("node " + node + " is in the cluster");
+            publish("who", {});  // it sends its roster in answer
+        }
+        if (seq <= peer.seq) return;  // a duplicate
+        if (seq > peer.seq + 1)
+            say("missed " + std::to_string(seq - peer.seq - 1) + " events from node " + node);
+        peer.seq = seq;
+        peer.heard = Clock::now();
+        const std::string& kind = f[3];
+        if (kind == "who") {
+            publish_roster();
+        } else if (kind == "roster" || kind == "join") {
+            for (std::size_t i = 4; i < f.size(); ++i) add_user(node, peer, f[i]);
+        } else if (kind == "leave") {
+            auto it = peer.users.find(detail::ascii_lower(f[4]));
+            if (it == peer.users.end()) return drop("a leave of a user node " + node + " lacks");
+            peer.users.erase(it);
+            announce_leave(f[4], f[5], node);
+        } else if (kind == "msg") {
+            if (!add_user(node, peer, f[4])) return;
+            if (f[5].size() > server_.options().max_payload || !is_valid_utf8(f[5]))
+                return drop("a message from " + f[4] + "@" + node + " that clients cannot take");
+            server_.broadcast(f[5], f[4]);
+            server_.log_event("remote", f[4] + "@" + node, f[5]);
+        }
+    }
+    // Makes `name` a user of `node` (announced as joined when new); false when it cannot be:
+    // not a valid name, or another node's or ours.
+    bool add_user(const std::string& node, Peer& peer, const std::string& name) {
+        const ServerOptions& o = server_.options();
+        if (!check_username(name, o.server_name, o.max_name_bytes).empty())
+            return drop("an invalid name from node " + node), false;
+        const std::string key = detail::ascii_lower(name);
+        if (peer.users.count(key)) return true;
+        const std::string owner = local_names_.count(key) ? options_.node : owner_of(key);
+        if (!owner.empty())
+            return drop("node " + node + " claims \"" + name + "\", a user of node " + owner),
+                   false;
+        peer.users[key] = name;
+        ++remote_users_;
+        if (room_size() <= o.announce_up_to) server_.broadcast(name + " joined");
+        server_.log_event("join", name, "node " + node);
+        return true;
+    }
+    std::string owner_of(const std::string& key) const {
+        for (const auto& [node, peer] : peers_)
+            if (peer.users.count(key)) return node;
+        return {};
+    }
+    void announce_leave(const std::string& name, std::string_view reason,
+                        const std::string& node) {
+        --remote_users_;
+        const std::string notice =
+            name + (reason == "left" ? " left" : " left (" + std::string(reason) + ")");
+        if (room_size() + 1 <= server_.options().announce_up_to) server_.broadcast(notice);
+        server_.log_event("leave", name, "node " + node + ": " + std::string(reason));
+    }
+    // A lost or restarted node: its users leave.
+    void forget(const std::string& node, Peer& peer, std::string_view reason) {
+        std::map<std::string, std::string> users;
+        users.swap(peer.users);
+        for (const auto& [key, name] : users) announce_leave(name, reason, node);
+    }
+    std::size_t room_size() const { return server_.client_count() + remote_users_; }
+    void tick() {  // every `heartbeat`, from the worker
+        if (connected_) publish("hb", {}), reclaim();
+        const auto now = Clock::now();
+        for (auto it = peers_.begin(); it != peers_.end();) {
+            if (now - it->second.heard < options_.node_lost_after) {
+                ++it;
+                continue;
+            }
+            say("node " + it->first + " lost: not heard for " +
+                std::to_string(options_.node_lost_after.count()) + " ms");
+            forget(it->first, it->second, "node lost");
+            it = peers_.erase(it);
+        }
+    }
+    // The worker's answer to a claim: ok, taken (why: the rule text) or not possible now.
+    void claimed(ClientId id, const std::string& name, Claim outcome, const std::string& why) {
+        auto it = locals_.find(id);
+        if (it == locals_.end() || it->second.name != name) return;  // gone meanwhile
+        Local& local = it->second;
+        if (!why.empty()) {
+            local.held.clear();
+            return server_.disconnect(id, "name refused: " + why);
+        }
+        local.claim = outcome;
+        if (outcome != Claim::claimed) {
+            for (const std::string& text : local.held)  // the room here still hears them
+                server_.broadcast(text, name, id), server_.log_event("message", name, text);
+            local.held.clear();
+            return;
+        }
+        publish("join", {name});
+        for (const std::string& text : local.held) {
+            server_.broadcast(text, name, id);
+            server_.log_event("message", name, text);
+            publish("msg", {name, text});
+        }
+        local.held.clear();
+    }
+    // NATS is back (or the tick, while NATS is there): claim the names of the users who came
+    // while NATS or the names bucket was away.
+    void reclaim() {
+        for (auto& [id, local] : locals_)
+            if (local.claim == Claim::local_only)
+                local.claim = Claim::pending, submit({Job::claim, id, local.name});
+    }
+    void drop(const std::string& what) { say("dropped " + what); }
+    void say(const std::string& line) const {
+        if (server_.options().diagnostics) server_.options().diagnostics("cluster: " + line);
+    }
+    std::string connected_url() {
+        char url[256] = "";
+        natsConnection_GetConnectedUrl(nc_, url, sizeof url);
+        return url;
+    }
+    // Runs `task` on the loop's thread, unless this Cluster is gone by then.
+    void to_loop(std::function<void()> task) {
+        server_.post([alive = std::weak_ptr<char>(alive_), task = std::move(task)] {
+            if (alive.lock()) task();
+        });
+    }
+
+    // ---- libnats' threads: hand everything to the loop --------------------------------------
+    static void on_bus(natsConnection*, natsSubscription*, natsMsg* msg, void* self) {
+        auto* cluster = static_cast<Cluster*>(self);
+        const int size = natsMsg_GetDataLength(msg);
+        std::string data = std::size_t(size) <= cluster_wire::max_event
+                               ? std::string(natsMsg_GetData(msg), std::size_t(size))
+                               : std::string("oversized");  // split() rejects it
+        natsMsg_Destroy(msg);
+        cluster->to_loop([cluster, data = std::move(data)] { cluster->on_event(data); });
+    }
+    static void on_connected(natsConnection*, void* self) {
+        auto* cluster = static_cast<Cluster*>(self);
+        cluster->connected_ = true;
+        cluster->to_loop([cluster] {
+            cluster->say("connected to NATS at " + cluster->connected_url());
+            cluster->reclaim();
+        });
+        cluster->wake_.notify_all();  // the worker may be waiting for NATS
+    }
+    static void on_disconnected(natsConnection*, void* self) {
+        auto* cluster = static_cast<Cluster*>(self);
+        if (!cluster->connected_.exchange(false)) return;
+        cluster->to_loop([cluster] {
+            cluster->say("lost the NATS connection: reconnecting; the local room carries on");
+        });
+    }
+    static void on_closed(natsConnection*, void* self) {
+        auto* cluster = static_cast<Cluster*>(self);
+        std::lock_guard<std::mutex> hold(cluster->mutex_);
+        cluster->closed_ = true;
+        cluster->wake_.notify_all();
+    }
+    static void on_sub_done(void* self) {
+        auto* cluster = static_cast<Cluster*>(self);
+        std::lock_guard<std::mutex> hold(cluster->mutex_);
+        cluster->sub_done_ = true;
+        cluster->wake_.notify_all();
+    }
+
+    // ---- the worker thread: key-value requests block, so they run here ----------------------
+    void submit(Job job) {
+        std::lock_guard<std::mutex> hold(mutex_);
+        jobs_.push_back(std::move(job));
+        wake_.notify_all();
+    }
+    void work() {
+        auto next_tick = Clock::now(), next_renewal = next_tick + options_.name_ttl / 3;
+        std::unique_lock<std::mutex> hold(mutex_);
+        while (!stopping_) {
+            if (jobs_.empty()) wake_.wait_until(hold, next_tick);
+            std::deque<Job> jobs;
+            jobs.swap(jobs_);
+            hold.unlock();
+            for (const Job& job : jobs) run(job);
+            const auto now = Clock::now();
+            if (now >= next_tick) {
+                next_tick = now + options_.heartbeat;
+                to_loop([this] { tick(); });
+            }
+            if (now >= next_renewal) next_renewal = now + options_.name_ttl / 3, renew();
+            hold.lock();
+        }
+    }
+    void run(const Job& job) {
+        const std::string key = cluster_wire::name_key(job.name);
+        if (job.kind == Job::release) {
+            auto it = leases_.find(key);
+            if (it == leases_.end() || it->second.id != job.id) return;
+            leases_.erase(it);
+            if (open_bucket()) kvStore_Delete(kv_, key.c_str());  // else: free at its TTL
+            return;
+        }
+        std::string why;
+        Claim outcome = Claim::local_only;
+        if (open_bucket()) {
+            std::uint64_t revision = 0;
+            if (take(key, revision, why)) {
+                leases_[key] = Lease{job.id, job.name, revision};
+                outcome = Claim::claimed;
+            } else if (!why.empty()) {
+                why = "the name \"" + job.name + "\" is taken";
+            }
+        }
+        to_loop([this, id = job.id, name = job.name, outcome, why] {
+            claimed(id, name, outcome, why);
+        });
+    }
+    // Claims `key` for this node: an atomic create, or a takeover of our own earlier boot's
+    // claim. False with `why` set when another node holds it, with `why` empty on an error.
+    bool take(const std::string& key, std::uint64_t& revision, std::string& why) {
+        if (kvStore_CreateString(&revision, kv_, key.c_str(), owner_.c_str()) == NATS_OK)
+            return true;
+        kvEntry* entry = nullptr;
+        if (kvStore_Get(&entry, kv_, key.c_str()) != NATS_OK) return false;
+        const std::string holder = kvEntry_ValueString(entry);
+        const std::uint64_t held_at = kvEntry_Revision(entry);
+        kvEntry_Destroy(entry);
+        if (holder.rfind(options_.node + " ", 0) == 0 &&
+            kvStore_UpdateString(&revision, kv_, key.c_str(), owner_.c_str(), held_at) == NATS_OK)
+            return true;
+        why = "taken by " + holder;
+        return false;
+    }
+    // Renews every lease; a lease lost meanwhile (expired while NATS was away, and claimed
+    // elsewhere) disconnects its user.
+    void renew() {
+        if (!connected_ || !open_bucket()) return;
+        for (auto it = leases_.begin(); it != leases_.end();) {
+            Lease& lease = it->second;
+            std::string why;
+            if (kvStore_UpdateString(&lease.revision, kv_, it->first.c_str(), owner_.c_str(),
+                                     lease.revision) == NATS_OK ||
+                take(it->first, lease.revision, why) || why.empty()) {
+                ++it;  // renewed, or an error: try again next time
+                continue;
+            }
+            to_loop([this, id = lease.id, name = lease.name] {
+                server_.disconnect(id, "name lost: \"" + name + "\" was claimed on another "
+                                       "node while this one was away from NATS");
+            });
+            it = leases_.erase(it);
+        }
+    }
+    // The names bucket, made by whichever node comes first; tried at most once a second.
+    bool open_bucket() {
+        if (kv_) return true;
+        if (!connected_ || Clock::now() < next_bucket_try_) return false;
+        next_bucket_try_ = Clock::now() + std::chrono::seconds(1);
+        natsStatus s = js_KeyValue(&kv_, js_, bucket_.c_str());
+        if (s == NATS_NOT_FOUND) {
+            kvConfig config;
+            kvConfig_Init(&config);
+            config.Bucket = bucket_.c_str();
+            config.History = 1;
+            config.TTL = std::chrono::nanoseconds(options_.name_ttl).count();
+            config.StorageType = js_MemoryStorage;  // leases: nothing worth a disk
+            config.Replicas = options_.replicas;
+            s = js_CreateKeyValue(&kv_, js_, &config);
+        }
+        std::string news = "the names bucket " + bucket_ + " is ready";
+        if (s != NATS_OK) {
+            kv_ = nullptr;
+            news = "the names bucket " + bucket_ + " is unavailable (" + natsStatus_GetText(s) +
+                   ": " + nats_GetLastError(nullptr) + "); users stay local until it is";
+        }
+        if (news != bucket_news_) to_loop([this, news] { say(news); });  // once per change
+        bucket_news_ = news;
+        return kv_ != nullptr;
+    }
+
+    Server& server_;
+    ClusterOptions options_;
+    std::shared_ptr<char> alive_;  // posted tasks hold it weakly
+    std::string boot_, owner_;     // owner_: "node boot", the value of our claims
+    std::string subject_, bucket_;
+    natsOptions* nats_options_ = nullptr;
+    natsConnection* nc_ = nullptr;
+    natsSubscription* sub_ = nullptr;
+    jsCtx* js_ = nullptr;
+    std::atomic<bool> connected_{false};
+    // The loop thread's.
+    std::uint64_t seq_ = 0;
+    bool publish_failed_ = false;
+    std::unordered_map<ClientId, Local> locals_;
+    std::unordered_map<std::string, ClientId> local_names_;  // lowercase name -> user
+    std::map<std::string, Peer> peers_;
+    std::size_t remote_users_ = 0;
+    // The worker's, and what it shares under mutex_.
+    kvStore* kv_ = nullptr;
+    Clock::time_point next_bucket_try_;
+    std::string bucket_news_;
+    std::map<std::string, Lease> leases_;
+    std::thread worker_;
+    std::mutex mutex_;
+    std::condition_variable wake_;
+    std::deque<Job> jobs_;
+    bool stopping_ = false, closed_ = false, sub_done_ = false;
+};
+
+}  // namespace chatsock
+
+#endif  // CHATSOCK_CLUSTER_HPP
