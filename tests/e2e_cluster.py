@@ -1,0 +1,201 @@
+#!/usr/bin/env python3
+"""End-to-end tests of the cluster add-on: three nats-server processes routed into one NATS
+cluster (JetStream on, stores in the test's temporary folder, ephemeral ports on 127.0.0.1),
+one demo_cluster_server attached to each, framed clients on every node. Ends with
+"RESULT passed=N failed=M"; skipped where nats-server or libnats is not installed.
+
+    python3 tests/e2e_cluster.py          (builds demo_cluster_server with make cluster)
+"""
+import os
+import re
+import shutil
+import subprocess
+import sys
+import threading
+import time
+import unittest
+
+sys.dont_write_bytecode = True  # no __pycache__ in the repository
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from harness import (DEVNULL, HOST, ROOT, TIMEOUT, ChatTestCase, frame, free_port, main,  # noqa: E402
+                     recv_frame, recv_until_closed)
+
+NODE_SERVER = os.path.join(ROOT, "demo_cluster_server")
+NATS_SERVER = shutil.which("nats-server")
+HAVE_LIBNATS = os.path.exists("/usr/include/nats/nats.h")
+CLUSTER_UP = 30.0  # JetStream elects its leaders: the slowest start, on a loaded machine
+NODE_LOST = 5.0 + 1.0  # ClusterOptions: node_lost_after, plus a heartbeat
+
+
+def setUpModule():
+    if not NATS_SERVER or not HAVE_LIBNATS:
+        raise unittest.SkipTest("needs nats-server and libnats-dev (apt-get install nats-server libnats-dev)")
+    run = subprocess.run(["make", "-s", "cluster"], cwd=ROOT, stdout=subprocess.PIPE,
+                         stderr=subprocess.STDOUT, timeout=600)
+    if run.returncode != 0 or not os.path.exists(NODE_SERVER):
+        raise RuntimeError("make cluster failed:\n" + run.stdout.decode(errors="replace"))
+
+
+class Reader(threading.Thread):
+    """A framed client: joins as `name`, then collects the (sender, text) pairs it receives."""
+
+    def __init__(self, test, port, name):
+        super().__init__(daemon=True)
+        self.name = name
+        self.sock = test.raw_connect(port, name)
+        self.pairs, self.closed = [], False
+        self.cond = threading.Condition()
+        self.start()
+
+    def run(self):
+        try:
+            while True:
+                _, sender = recv_frame(self.sock, timeout=3600)
+                _, text = recv_frame(self.sock, timeout=3600)
+                with self.cond:
+                    self.pairs.append((sender.decode(), text.decode()))
+                    self.cond.notify_all()
+        except (AssertionError, OSError):
+            with self.cond:
+                self.closed = True
+                self.cond.notify_all()
+
+    def send(self, text):
+        self.sock.sendall(frame(text))
+
+    def wait(self, predicate, what, timeout=TIMEOUT):
+        deadline = time.monotonic() + timeout
+        with self.cond:
+            while not predicate(self.pairs):
+                left = deadline - time.monotonic()
+                if left <= 0 or self.closed:
+                    raise AssertionError(f"{self.name}: {what} not seen within {timeout}s: {self.pairs}")
+                self.cond.wait(min(left, 0.5))
+
+    def wait_notice(self, text, timeout=TIMEOUT, prefix=False):
+        self.wait(lambda pairs: any(s == "server" and (t.startswith(text) if prefix else t == text)
+                                    for s, t in pairs), repr(text), timeout)
+
+    def messages(self):
+        with self.cond:
+            return [(s, t) for s, t in self.pairs if s != "server"]
+
+
+class ClusterTestCase(ChatTestCase):
+    def start_cluster(self, nodes=("a", "b", "c")):
+        """Three routed nats-servers and one chatsock node on each; returns {node: port}."""
+        client_ports = [free_port() for _ in nodes]
+        route_ports = [free_port() for _ in nodes]
+        routes = ",".join(f"nats://{HOST}:{p}" for p in route_ports)
+        self.nats = []
+        for i, node in enumerate(nodes):
+            store = self.path(f"nats-{node}")
+            self.nats.append(self.spawn([NATS_SERVER, "-a", HOST, "-p", client_ports[i], "-n", f"nats-{node}",
+                                         "-js", "-sd", store, "--cluster_name", "chatsock",
+                                         "--cluster", f"nats://{HOST}:{route_ports[i]}", "--routes", routes],
+                                        stdin=DEVNULL, label=f"nats-server[{node}]"))
+        for n in self.nats:
+            n.wait_for("Server is ready", stream="err")
+        self.nodes, ports = {}, {}
+        for i, node in enumerate(nodes):
+            urls = ",".join(f"nats://{HOST}:{client_ports[(i + k) % len(nodes)]}" for k in range(len(nodes)))
+            p = self.spawn([NODE_SERVER, HOST, 0, f"{node}.log", urls, node], stdin=DEVNULL, label=f"node[{node}]")
+            ports[node] = int(p.wait_for(re.compile(rb"listening on 127\.0\.0\.1:(\d+)")).group(1))
+            self.nodes[node] = p
+        for node, p in self.nodes.items():
+            p.wait_for("is ready", timeout=CLUSTER_UP)  # the names bucket
+            for other in nodes:
+                if other != node:
+                    p.wait_for(f"node {other} is in the cluster", timeout=CLUSTER_UP)
+        return ports
+
+    def join(self, port, name):
+        c = Reader(self, port, name)
+        c.wait(lambda pairs: any(s == "server" and t.startswith(f"welcome, {name}!") for s, t in pairs), "welcome")
+        return c
+
+
+class Room(ClusterTestCase):
+    def test_messages_reach_every_other_client_once_in_order(self):
+        ports = self.start_cluster()
+        clients = {}
+        for node, names in (("a", ["a1", "a2"]), ("b", ["b1"]), ("c", ["c1"])):
+            for name in names:
+                clients[name] = self.join(ports[node], name)
+        order = list(clients)
+        for i, name in enumerate(order):  # each hears of those who came after it, wherever
+            for later in order[i + 1:]:
+                clients[name].wait_notice(f"{later} joined")
+        count = 20
+        for i in range(count):
+            for name, c in clients.items():
+                c.send(f"{name} says {i}")
+        for name, c in clients.items():
+            expected = sum(count for other in clients if other != name)
+            c.wait(lambda pairs: len([p for p in pairs if p[0] != "server"]) >= expected,
+                   f"{expected} messages", timeout=2 * TIMEOUT)
+        time.sleep(0.5)  # a duplicate would arrive about now
+        for name, c in clients.items():
+            got = c.messages()
+            for other in clients:
+                from_other = [t for s, t in got if s == other]
+                self.assertEqual(from_other, [] if other == name else [f"{other} says {i}" for i in range(count)],
+                                 f"{name} from {other}")
+
+    def test_a_leave_reaches_the_other_nodes(self):
+        ports = self.start_cluster()
+        a1, b1 = self.join(ports["a"], "a1"), self.join(ports["b"], "b1")
+        b1.wait_notice("a1 joined")
+        a1.sock.close()
+        b1.wait_notice("a1 left", prefix=True)  # with the reason a1's node gives
+
+
+class Names(ClusterTestCase):
+    def test_a_name_taken_on_one_node_is_refused_on_another(self):
+        ports = self.start_cluster()
+        alice = self.join(ports["a"], "alice")
+        other = self.join(ports["b"], "bob")
+        other.wait_notice("alice joined")
+        s = self.raw_connect(ports["b"], "ALICE")
+        data = recv_until_closed(s)
+        self.assertIn(b'name refused: the name "ALICE" is taken', data)
+        time.sleep(0.3)
+        self.assertNotIn(("server", "ALICE joined"), alice.pairs, "never announced on the node that holds it")
+        self.assertFalse(alice.closed)
+
+    def test_the_same_name_at_the_same_moment_on_two_nodes_goes_to_one(self):
+        ports = self.start_cluster()
+        first, second = self.raw_connect(ports["a"], "zed"), self.raw_connect(ports["b"], "zed")
+        watcher = self.join(ports["c"], "watcher")
+        watcher.wait_notice("zed joined")
+        outcomes = []
+        for s in (first, second):
+            s.settimeout(2.0)
+            data = b""
+            try:
+                while True:
+                    chunk = s.recv(65536)
+                    if not chunk:
+                        outcomes.append(("closed", data))
+                        break
+                    data += chunk
+            except OSError:
+                outcomes.append(("open", data))
+        self.assertEqual(sorted(o for o, _ in outcomes), ["closed", "open"], outcomes)
+        refused = next(d for o, d in outcomes if o == "closed")
+        self.assertIn(b'name refused: the name "zed" is taken', refused)
+
+
+class NodeLoss(ClusterTestCase):
+    def test_a_killed_node_s_users_are_announced_as_left(self):
+        ports = self.start_cluster()
+        a1, c1 = self.join(ports["a"], "a1"), self.join(ports["c"], "c1")
+        a1.wait_notice("c1 joined")
+        killed = time.monotonic()
+        self.nodes["c"].kill()
+        a1.wait_notice("c1 left (node lost)", timeout=NODE_LOST + TIMEOUT)
+        print(f"  c1 announced as left {time.monotonic() - killed:.1f} s after kill -9 of its node", flush=True)
+
+
+if __name__ == "__main__":
+    main(__name__, {"node": [NODE_SERVER], "nats": [NATS_SERVER or "nats-server (missing)"]})
