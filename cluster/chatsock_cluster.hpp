@@ -23,7 +23,8 @@
 //   fails is disconnected with the usual rule text (name refused: the name "x" is taken). Its
 //   messages wait (not relayed, not lost) until the claim succeeds.
 // - A claim is a lease: its node renews it every name_ttl / 3; the bucket forgets a name
-//   name_ttl after the last renewal. A dead node's names are free within name_ttl.
+//   name_ttl after the last renewal (JetStream's expiry sweep adds up to a second or so). A
+//   dead node's names are free within name_ttl + 1 s (measured: 16 s for the default 15).
 // - A node that has not been heard for node_lost_after (heartbeats every `heartbeat`) is lost:
 //   its users are announced as left ("node lost").
 // - NATS unreachable: the node serves its local room (users are then local only and unclaimed)
@@ -445,12 +446,17 @@ private:
     // ---- libnats' threads: hand everything to the loop --------------------------------------
     static void on_bus(natsConnection*, natsSubscription*, natsMsg* msg, void* self) {
         auto* cluster = static_cast<Cluster*>(self);
-        const int size = natsMsg_GetDataLength(msg);
-        std::string data = std::size_t(size) <= cluster_wire::max_event
-                               ? std::string(natsMsg_GetData(msg), std::size_t(size))
-                               : std::string("oversized");  // split() rejects it
+        const auto size = std::size_t(natsMsg_GetDataLength(msg));
+        if (size > cluster_wire::max_event) {  // not even copied
+            cluster->to_loop([cluster, size] {
+                cluster->drop("an event of " + std::to_string(size) + " bytes (the limit is " +
+                              std::to_string(cluster_wire::max_event) + ")");
+            });
+        } else {
+            std::string data(natsMsg_GetData(msg), size);
+            cluster->to_loop([cluster, data = std::move(data)] { cluster->on_event(data); });
+        }
         natsMsg_Destroy(msg);
-        cluster->to_loop([cluster, data = std::move(data)] { cluster->on_event(data); });
     }
     static void on_connected(natsConnection*, void* self) {
         auto* cluster = static_cast<Cluster*>(self);

@@ -9,6 +9,8 @@ one demo_cluster_server attached to each, framed clients on every node. Ends wit
 import os
 import re
 import shutil
+import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -25,6 +27,7 @@ NATS_SERVER = shutil.which("nats-server")
 HAVE_LIBNATS = os.path.exists("/usr/include/nats/nats.h")
 CLUSTER_UP = 30.0  # JetStream elects its leaders: the slowest start, on a loaded machine
 NODE_LOST = 5.0 + 1.0  # ClusterOptions: node_lost_after, plus a heartbeat
+NAME_TTL = 15.0  # ClusterOptions: name_ttl, the bound on a dead node's names
 
 
 def setUpModule():
@@ -81,27 +84,55 @@ class Reader(threading.Thread):
             return [(s, t) for s, t in self.pairs if s != "server"]
 
 
+def nats_publish(port, subject, payloads):
+    """Publishes raw payloads on a NATS server through its text protocol, as any client of the
+    bus could, and waits for the server to have taken them (PING, PONG)."""
+    with socket.create_connection((HOST, port), timeout=TIMEOUT) as s:
+        f = s.makefile("rb")
+        assert f.readline().startswith(b"INFO ")
+        out = b'CONNECT {"verbose":false,"pedantic":false}\r\n'
+        for p in payloads:
+            out += f"PUB {subject} {len(p)}\r\n".encode() + p + b"\r\n"
+        s.sendall(out + b"PING\r\n")
+        assert f.readline() == b"PONG\r\n"
+
+
+def event(*fields):
+    """An event in the bus encoding (cluster/chatsock_cluster.hpp, cluster_wire)."""
+    out = b"CS1"
+    for field in fields:
+        field = field.encode() if isinstance(field, str) else field
+        out += b" %d:" % len(field) + field
+    return out
+
+
 class ClusterTestCase(ChatTestCase):
+    def start_nats(self, label, port=None, extra=()):
+        port = port or free_port()
+        n = self.spawn([NATS_SERVER, "-a", HOST, "-p", port, "-n", label, "-js", "-sd", self.path(label), *extra],
+                       stdin=DEVNULL, label=label)
+        n.wait_for("Server is ready", stream="err")
+        return n, port
+
+    def start_node(self, node, urls):
+        p = self.spawn([NODE_SERVER, HOST, 0, f"{node}.log", urls, node], stdin=DEVNULL, label=f"node[{node}]")
+        port = int(p.wait_for(re.compile(rb"listening on 127\.0\.0\.1:(\d+)")).group(1))
+        self.nodes[node] = p
+        return port
+
     def start_cluster(self, nodes=("a", "b", "c")):
         """Three routed nats-servers and one chatsock node on each; returns {node: port}."""
         client_ports = [free_port() for _ in nodes]
         route_ports = [free_port() for _ in nodes]
         routes = ",".join(f"nats://{HOST}:{p}" for p in route_ports)
-        self.nats = []
+        self.nats, self.nats_ports = [], client_ports
         for i, node in enumerate(nodes):
-            store = self.path(f"nats-{node}")
-            self.nats.append(self.spawn([NATS_SERVER, "-a", HOST, "-p", client_ports[i], "-n", f"nats-{node}",
-                                         "-js", "-sd", store, "--cluster_name", "chatsock",
-                                         "--cluster", f"nats://{HOST}:{route_ports[i]}", "--routes", routes],
-                                        stdin=DEVNULL, label=f"nats-server[{node}]"))
-        for n in self.nats:
-            n.wait_for("Server is ready", stream="err")
+            self.nats.append(self.start_nats(f"nats-{node}", client_ports[i], [
+                "--cluster_name", "chatsock", "--cluster", f"nats://{HOST}:{route_ports[i]}", "--routes", routes])[0])
         self.nodes, ports = {}, {}
         for i, node in enumerate(nodes):
-            urls = ",".join(f"nats://{HOST}:{client_ports[(i + k) % len(nodes)]}" for k in range(len(nodes)))
-            p = self.spawn([NODE_SERVER, HOST, 0, f"{node}.log", urls, node], stdin=DEVNULL, label=f"node[{node}]")
-            ports[node] = int(p.wait_for(re.compile(rb"listening on 127\.0\.0\.1:(\d+)")).group(1))
-            self.nodes[node] = p
+            ports[node] = self.start_node(node, ",".join(f"nats://{HOST}:{client_ports[(i + k) % len(nodes)]}"
+                                                         for k in range(len(nodes))))
         for node, p in self.nodes.items():
             p.wait_for("is ready", timeout=CLUSTER_UP)  # the names bucket
             for other in nodes:
@@ -148,6 +179,11 @@ class Room(ClusterTestCase):
         b1.wait_notice("a1 joined")
         a1.sock.close()
         b1.wait_notice("a1 left", prefix=True)  # with the reason a1's node gives
+        self.join(ports["a"], "a2")
+        b1.wait_notice("a2 joined")
+        self.nodes["a"].signal(signal.SIGTERM)  # a clean stop: its users leave, then it exits
+        b1.wait_notice("a2 left (server stopping)")
+        self.assertEqual(self.nodes["a"].wait(), 0, self.nodes["a"].describe())
 
 
 class Names(ClusterTestCase):
@@ -186,6 +222,52 @@ class Names(ClusterTestCase):
         self.assertIn(b'name refused: the name "zed" is taken', refused)
 
 
+class BadInput(ClusterTestCase):
+    def test_malformed_oversized_and_forged_events_are_logged_and_dropped(self):
+        ports = self.start_cluster(("a", "b"))
+        a1, b1 = self.join(ports["a"], "a1"), self.join(ports["b"], "b1")
+        b1.wait_notice("a1 joined")
+        nats_publish(self.nats_ports[1], "chatsock.lobby.events", [
+            b"hello",                                               # not an event
+            b"CS1 4:evil",                                          # too few fields
+            b"CS1 99:evil",                                         # a length past the end
+            event("evil", "0123abcd", "1", "msg", "a1", "I am a1"),  # a1 is node a's
+            event("evil", "0123abcd", "2", "shout", "x"),            # no such kind
+            b"CS1 " + b"x" * (300 << 10),                           # over the size limit
+            event("evil", "0123abcd", "3", "msg", "mallory", "hi"),  # a new user: fine
+        ])
+        b1.wait(lambda pairs: ("mallory", "hi") in pairs, "the well-formed event")
+        node_b = self.nodes["b"]
+        node_b.wait_for("dropped a malformed event of 5 bytes")
+        node_b.wait_for("dropped a malformed event of 10 bytes")
+        node_b.wait_for("dropped a malformed event of 11 bytes")
+        node_b.wait_for('dropped node evil claims "a1", a user of node a')
+        node_b.wait_for("dropped an event of unknown kind or size from node evil")
+        node_b.wait_for(re.compile(rb"dropped an event of 30720\d bytes \(the limit is 262144\)"))
+        self.assertEqual(b1.messages(), [("mallory", "hi")], "only the well-formed event is relayed")
+        self.assertNotIn(("a1", "I am a1"), a1.pairs)
+
+
+class Startup(ClusterTestCase):
+    def test_a_node_serves_its_room_without_nats_and_joins_when_it_appears(self):
+        self.nodes = {}
+        nats_port = free_port()
+        port_a = self.start_node("a", f"nats://{HOST}:{nats_port}")
+        self.nodes["a"].wait_for("NATS is unreachable: serving the local room only")
+        x, y = self.join(port_a, "x"), self.join(port_a, "y")
+        x.send("alone here")
+        y.wait(lambda pairs: ("x", "alone here") in pairs, "a local message")
+        self.start_nats("nats", nats_port)
+        self.nodes["a"].wait_for(f"connected to NATS at nats://{HOST}:{nats_port}", timeout=CLUSTER_UP)
+        self.nodes["a"].wait_for("is ready", timeout=CLUSTER_UP)
+        port_b = self.start_node("b", f"nats://{HOST}:{nats_port}")
+        z = self.join(port_b, "z")
+        z.wait_notice("x joined", timeout=CLUSTER_UP)  # a's users, claimed once NATS came
+        z.wait_notice("y joined")
+        x.send("together now")
+        z.wait(lambda pairs: ("x", "together now") in pairs, "a message across nodes")
+
+
 class NodeLoss(ClusterTestCase):
     def test_a_killed_node_s_users_are_announced_as_left(self):
         ports = self.start_cluster()
@@ -194,7 +276,20 @@ class NodeLoss(ClusterTestCase):
         killed = time.monotonic()
         self.nodes["c"].kill()
         a1.wait_notice("c1 left (node lost)", timeout=NODE_LOST + TIMEOUT)
-        print(f"  c1 announced as left {time.monotonic() - killed:.1f} s after kill -9 of its node", flush=True)
+        announced = time.monotonic() - killed
+        while True:  # its name is free again within name_ttl
+            s = self.raw_connect(ports["a"], "c1")
+            try:  # welcomed, then refused and closed once the claim fails
+                refused = b"name refused" in recv_until_closed(s, timeout=1.0)
+            except AssertionError:
+                refused = False  # still open: accepted, and its claim held
+            s.close()
+            if not refused:
+                break
+            self.assertLess(time.monotonic() - killed, NAME_TTL + TIMEOUT, "c1's name is still held")
+            time.sleep(0.5)
+        print(f"  kill -9 of node c: c1 announced as left after {announced:.1f} s, "
+              f"its name free after {time.monotonic() - killed:.1f} s", flush=True)
 
 
 if __name__ == "__main__":
