@@ -37,6 +37,7 @@ int main(int argc, char** argv) {
         at = comma + 1;
     }
     cluster_options.node = args[5];
+    cluster_options.commands = true;  // enable_commands is on: /who, /msg, /me, /nick span nodes
 
     chatsock::Server server(options);
     chatsock::enable_commands(server);  // before the cluster, which wraps the callbacks

@@ -27,6 +27,9 @@
 //   dead node's names are free within name_ttl + 1 s (measured: 16 s for the default 15).
 // - A node that has not been heard for node_lost_after (heartbeats every `heartbeat`) is lost:
 //   its users are announced as left ("node lost").
+// - With ClusterOptions::commands (enable_commands(server) called first), /who, /me, /msg to
+//   another node's user and /nick (claimed like a name at join) span the cluster; the add-on's
+//   on_message sees each line before the core's commands and passes on what it does not run.
 // - NATS unreachable: the node serves its local room (users are then local only and unclaimed)
 //   and joins the cluster, claiming its users' names, when NATS appears.
 #ifndef CHATSOCK_CLUSTER_HPP
@@ -36,6 +39,7 @@
 
 #include <nats/nats.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cctype>
 #include <condition_variable>
@@ -65,6 +69,9 @@ struct ClusterOptions {
     int replicas = 1;                    // copies of the names bucket; 3 survives losing a server
     milliseconds reconnect_wait{250};    // between two attempts on the same NATS server
     int reconnect_buffer = 8 << 20;      // bytes published while disconnected, kept until back
+    // Set when enable_commands(server) is on (call it before start()): /who, /msg, /me and
+    // /nick then span the cluster. Off, the add-on leaves commands to the core alone.
+    bool commands = false;
 };
 
 // The events on the bus: a versioned, length-checked text encoding, no JSON. An event is
@@ -73,7 +80,8 @@ struct ClusterOptions {
 // boot id (hex), its sequence number (decimal) and the kind; the kind's own fields follow:
 //   hb                  heartbeat             who                  "send me your users"
 //   roster NAME...      users present         join NAME            leave NAME REASON
-//   msg NAME TEXT       a message
+//   msg NAME TEXT       a message             action NAME TEXT     "/me TEXT"
+//   private FROM TO TEXT  "/msg TO TEXT"      nick OLD NEW         "/nick NEW"
 namespace cluster_wire {
 constexpr std::string_view version = "CS1";
 constexpr std::size_t max_event = 256 * 1024;  // longer events are dropped unread
@@ -115,7 +123,8 @@ inline bool is_number(std::string_view s, bool hex) {
 // How many fields of its own each kind has (-1: any number); 0 for an unknown kind too.
 inline int arity(std::string_view kind, bool& known) {
     static const std::map<std::string_view, int> kinds = {
-        {"hb", 0}, {"who", 0}, {"roster", -1}, {"join", 1}, {"leave", 2}, {"msg", 2}};
+        {"hb", 0},  {"who", 0},    {"roster", -1}, {"join", 1}, {"leave", 2},
+        {"msg", 2}, {"action", 2}, {"private", 3}, {"nick", 2}};
     auto it = kinds.find(kind);
     known = it != kinds.end();
     return known ? it->second : 0;
@@ -211,9 +220,10 @@ public:
 private:
     enum class Claim { pending, claimed, local_only };
     struct Local {
-        std::string name;
+        ClientInfo info;  // as the server gave it at join, its name kept up to date
         Claim claim = Claim::pending;
-        std::vector<std::string> held;  // its messages while the claim is pending
+        bool renaming = false;          // a /nick's claim is under way
+        std::vector<std::string> held;  // its lines (messages, commands) while a claim is pending
     };
     struct Peer {
         std::string boot;
@@ -222,7 +232,7 @@ private:
         std::map<std::string, std::string> users;  // lowercase name -> name
     };
     struct Job {  // for the worker thread
-        enum Kind { claim, release } kind;
+        enum Kind { claim, rename, release } kind;
         ClientId id;
         std::string name;
     };
@@ -236,21 +246,13 @@ private:
     void install_callbacks() {
         server_.on_join = [this, next = std::move(server_.on_join)](const ClientInfo& who) {
             if (next) next(who);
-            locals_[who.id].name = who.name;
+            locals_[who.id].info = who;
             local_names_[detail::ascii_lower(who.name)] = who.id;
             submit({Job::claim, who.id, who.name});
         };
-        server_.on_message = [this, next = std::move(server_.on_message)](const ClientInfo& who,
-                                                                            std::string& text) {
-            if (next && !next(who, text)) return false;  // a command, or dropped by policy
-            auto it = locals_.find(who.id);
-            if (it == locals_.end()) return true;
-            if (it->second.claim == Claim::pending) {  // sent on once the name is ours
-                it->second.held.push_back(text);
-                return false;
-            }
-            if (it->second.claim == Claim::claimed) publish("msg", {who.name, text});
-            return true;
+        next_line_ = std::move(server_.on_message);  // the core's commands, the program's policy
+        server_.on_message = [this](const ClientInfo& who, std::string& text) {
+            return on_line(who, text);
         };
         server_.on_leave = [this, next = std::move(server_.on_leave)](const ClientInfo& who,
                                                                        std::string_view reason) {
@@ -258,6 +260,7 @@ private:
             if (it != locals_.end()) {
                 if (it->second.claim == Claim::claimed) publish("leave", {who.name, reason});
                 submit({Job::release, who.id, who.name});  // the worker frees it if it holds it
+                local_names_.erase(detail::ascii_lower(it->second.info.name));
                 local_names_.erase(detail::ascii_lower(who.name));
                 locals_.erase(it);
             }
@@ -287,7 +290,7 @@ private:
     void publish_roster() {
         std::vector<std::string> names;
         for (const auto& [id, local] : locals_)
-            if (local.claim == Claim::claimed) names.push_back(local.name);
+            if (local.claim == Claim::claimed) names.push_back(local.info.name);
         for (std::size_t i = 0; i < names.size();) {
             std::vector<std::string_view> chunk;
             for (std::size_t bytes = 0; i < names.size() && bytes < (64u << 10) &&
@@ -299,6 +302,155 @@ private:
             natsConnection_Publish(nc_, subject_.c_str(), event.data(), int(event.size()));
         }
     }
+    // A line from a local user; true: the server relays it to the local room. While the user's
+    // name is being claimed, the line is held (nothing goes out under a name not yet ours, and
+    // order holds). A cluster command is run here; anything else goes to the on_message that
+    // was there before (the core's commands, the program's policy), and a message it keeps is
+    // published.
+    bool on_line(const ClientInfo& who, std::string& text) {
+        auto it = locals_.find(who.id);
+        if (it == locals_.end()) return !next_line_ || next_line_(who, text);
+        Local& local = it->second;
+        if (local.info.name != who.name) follow_rename(local, who.name);  // see follow_rename
+        if (local.claim == Claim::pending || local.renaming) {
+            local.held.push_back(text);  // replay_held runs it once the claim is settled
+            return false;
+        }
+        if (local.claim == Claim::claimed && options_.commands && cluster_command(who, text))
+            return false;
+        const bool keep = !next_line_ || next_line_(who, text);
+        it = locals_.find(who.id);  // the callbacks may have disconnected the user (/quit)
+        if (it == locals_.end()) return keep;
+        if (it->second.info.name != who.name) follow_rename(it->second, who.name);
+        if (keep && it->second.claim == Claim::claimed) publish("msg", {who.name, text});
+        return keep;
+    }
+    // Runs the lines a user sent while its claim was pending, in order, as if they came now.
+    void replay_held(ClientId id) {
+        auto it = locals_.find(id);
+        if (it == locals_.end()) return;
+        std::vector<std::string> lines;
+        lines.swap(it->second.held);
+        for (std::string& line : lines) {
+            it = locals_.find(id);
+            if (it == locals_.end()) return;  // it left meanwhile (/quit)
+            const ClientInfo who = it->second.info;
+            if (on_line(who, line))  // a line held again (a /nick) keeps its place in order
+                server_.broadcast(line, who.name, id), server_.log_event("message", who.name, line);
+        }
+    }
+    // A name the core changed without the cluster: a user not claimed cluster-wide (NATS
+    // away) used the core's /nick. Its claim, when NATS is back, is for the new name. Seen
+    // when the user's next line (or its leave) comes with the new name.
+    void follow_rename(Local& local, const std::string& name) {
+        local_names_.erase(detail::ascii_lower(local.info.name));
+        local_names_[detail::ascii_lower(name)] = local.info.id;
+        local.info.name = name;
+    }
+
+    // ---- commands across the cluster (ClusterOptions::commands) -------------------------------
+    // /who, /me, /msg to a user of another node and /nick, for a user whose name is claimed;
+    // false leaves the line to the core's commands, which answer as for one server (usage,
+    // "no user named", "too long to send"), and keep /help and /quit.
+    bool cluster_command(const ClientInfo& who, const std::string& line) {
+        if (line.size() < 2 || line[0] != '/' || line[1] == '/') return false;  // "//": text
+        const std::size_t space = std::min(line.find(' '), line.size());
+        const std::string command = detail::ascii_lower(line.substr(0, space));
+        const std::string rest =
+            line.substr(std::min(line.find_first_not_of(' ', space), line.size()));
+        if (command == "/who") return who_command(who), true;
+        if (command == "/me") return action(who, rest);
+        if (command == "/msg") return private_message(who, rest);
+        if (command == "/nick") return nick(who, rest);
+        return false;
+    }
+    void tell(ClientId id, const std::string& text) {  // as the core's commands answer
+        server_.send_to(id,
+                        text.size() <= server_.options().max_payload ? text : "too long to send");
+    }
+    // /who: the users of every node, in the core's format (chatsock.hpp, detail::run_command).
+    void who_command(const ClientInfo& who) {
+        std::vector<std::string> names;
+        for (const ClientInfo& c : server_.clients()) names.push_back(c.name);
+        for (const auto& [node, peer] : peers_)
+            for (const auto& [key, name] : peer.users) names.push_back(name);
+        std::sort(names.begin(), names.end());
+        const std::size_t limit = server_.options().max_payload;
+        std::string list = std::to_string(names.size()) + " online";
+        const std::size_t shown = std::min(names.size(), server_.options().announce_up_to);
+        if (shown < names.size()) list += "; the first " + std::to_string(shown);
+        for (std::size_t i = 0; i < shown && list.size() + names[i].size() + 2 < limit; ++i)
+            list += (i == 0 ? ": " : ", ") + names[i];
+        tell(who.id, list);
+    }
+    // /me TEXT: the core's notice "alice waves" here, and on every other node.
+    bool action(const ClientInfo& who, const std::string& rest) {
+        if (rest.empty() || who.name.size() + 1 + rest.size() > server_.options().max_payload)
+            return false;  // the core says why
+        server_.broadcast(who.name + " " + rest, {}, who.id);
+        server_.log_event("action", who.name, rest);
+        publish("action", {who.name, rest});
+        return true;
+    }
+    // /msg NAME TEXT to a user of another node. The sender is told at once, as for a local
+    // user: the receiving node answers nothing (its user may have left meanwhile).
+    bool private_message(const ClientInfo& who, const std::string& rest) {
+        const std::size_t gap = std::min(rest.find(' '), rest.size());
+        const std::string name = rest.substr(0, gap),
+                          text = rest.substr(std::min(gap + 1, rest.size()));
+        const std::string key = detail::ascii_lower(name);
+        if (name.empty() || text.empty() || local_names_.count(key)) return false;  // the core's
+        const std::string node = owner_of(key);
+        if (node.empty()) return false;  // the core's "no user named"
+        const std::string to = peers_[node].users[key];
+        if (("private from " + who.name + ": " + text).size() > server_.options().max_payload)
+            return tell(who.id, "too long to send"), true;
+        publish("private", {who.name, to, text});
+        server_.log_event("private", who.name, "to " + to + ": " + text);
+        tell(who.id, "private to " + to + ": " + text);
+        return true;
+    }
+    // /nick NAME: checked here against the users this node knows, then claimed in the bucket
+    // (the worker; renamed() ends it). The user's lines wait meanwhile, as at join.
+    bool nick(const ClientInfo& who, const std::string& name) {
+        if (name.empty()) return false;  // the core's usage
+        const ServerOptions& o = server_.options();
+        const std::string key = detail::ascii_lower(name);
+        const bool same_key = key == detail::ascii_lower(who.name);  // "alice" -> "Alice"
+        std::string problem = check_username(name, o.server_name, o.max_name_bytes);
+        if (problem.empty() && !same_key && (local_names_.count(key) || !owner_of(key).empty()))
+            problem = "the name \"" + name + "\" is taken";
+        if (!problem.empty()) return tell(who.id, "name refused: " + problem), true;
+        if (same_key) return apply_nick(who.id, who.name, name), true;  // its claim is ours
+        locals_[who.id].renaming = true;
+        submit({Job::rename, who.id, name});
+        return true;
+    }
+    // The worker's answer to a /nick's claim (why: empty when the new name is ours).
+    void renamed(ClientId id, const std::string& name, const std::string& why) {
+        auto it = locals_.find(id);
+        if (it == locals_.end()) {  // it left meanwhile: its old name was released then
+            if (why.empty()) submit({Job::release, id, name});
+            return;
+        }
+        it->second.renaming = false;
+        const std::string old_name = it->second.info.name;
+        if (!why.empty()) tell(id, "name refused: " + why);
+        else  // release whichever of the two names the user no longer has
+            submit({Job::release, id, apply_nick(id, old_name, name) ? old_name : name});
+        replay_held(id);
+    }
+    // Renames a user whose new name is ours cluster-wide. The core's rules apply once more (a
+    // local user may have taken the name meanwhile); false when they refuse.
+    bool apply_nick(ClientId id, const std::string& old_name, const std::string& name) {
+        if (std::string problem = server_.rename(id, name); !problem.empty())
+            return tell(id, "name refused: " + problem), false;
+        follow_rename(locals_[id], name);
+        server_.broadcast(old_name + " is now known as " + name);
+        publish("nick", {old_name, name});
+        return true;
+    }
+
     void on_event(const std::string& data) {
         std::vector<std::string> f;
         bool known = false;
@@ -342,7 +494,54 @@ private:
                 return drop("a message from " + f[4] + "@" + node + " that clients cannot take");
             server_.broadcast(f[5], f[4]);
             server_.log_event("remote", f[4] + "@" + node, f[5]);
+        } else if (kind == "action") {
+            if (!add_user(node, peer, f[4])) return;
+            const std::string notice = f[4] + " " + f[5];
+            if (!fits(notice))
+                return drop("an action from " + f[4] + "@" + node + " that clients cannot take");
+            server_.broadcast(notice);
+            server_.log_event("remote-action", f[4] + "@" + node, f[5]);
+        } else if (kind == "private") {
+            deliver_private(node, peer, f[4], f[5], f[6]);
+        } else if (kind == "nick") {
+            remote_nick(node, peer, f[4], f[5]);
         }
+    }
+    bool fits(const std::string& text) const {  // what every local client can take
+        return text.size() <= server_.options().max_payload && is_valid_utf8(text);
+    }
+    // Every node hears a private message (it travels on the room's subject); the one whose
+    // user it is delivers it, and logs it as that user's.
+    void deliver_private(const std::string& node, Peer& peer, const std::string& from,
+                         const std::string& to, const std::string& text) {
+        auto local = local_names_.find(detail::ascii_lower(to));
+        if (local == local_names_.end()) return;  // another node's user, or gone meanwhile
+        if (!add_user(node, peer, from)) return;
+        const std::string note = "private from " + from + ": " + text;
+        if (!fits(note))
+            return drop("a private message from " + from + "@" + node +
+                        " that clients cannot take");
+        server_.send_to(local->second, note);
+        server_.log_event("remote-private", from + "@" + node,
+                          "to " + locals_[local->second].info.name + ": " + text);
+    }
+    void remote_nick(const std::string& node, Peer& peer, const std::string& old_name,
+                     const std::string& name) {
+        const ServerOptions& o = server_.options();
+        auto it = peer.users.find(detail::ascii_lower(old_name));
+        if (it == peer.users.end()) return drop("a nick of a user node " + node + " lacks");
+        if (!check_username(name, o.server_name, o.max_name_bytes).empty())
+            return drop("an invalid name from node " + node);
+        const std::string key = detail::ascii_lower(name);
+        std::string owner;  // of the new name, unless only its case changes
+        if (key != it->first) owner = local_names_.count(key) ? options_.node : owner_of(key);
+        if (!owner.empty())
+            return drop("node " + node + " claims \"" + name + "\", a user of node " + owner);
+        const std::string was = it->second;
+        peer.users.erase(it);
+        peer.users[key] = name;
+        server_.broadcast(was + " is now known as " + name);
+        server_.log_event("nick", was, "node " + node + ": " + name);
     }
     // Makes `name` a user of `node` (announced as joined when new); false when it cannot be:
     // not a valid name, or another node's or ours.
@@ -399,33 +598,22 @@ private:
     // The worker's answer to a claim: ok, taken (why: the rule text) or not possible now.
     void claimed(ClientId id, const std::string& name, Claim outcome, const std::string& why) {
         auto it = locals_.find(id);
-        if (it == locals_.end() || it->second.name != name) return;  // gone meanwhile
+        if (it == locals_.end() || it->second.info.name != name) return;  // gone meanwhile
         Local& local = it->second;
         if (!why.empty()) {
             local.held.clear();
             return server_.disconnect(id, "name refused: " + why);
         }
         local.claim = outcome;
-        if (outcome != Claim::claimed) {
-            for (const std::string& text : local.held)  // the room here still hears them
-                server_.broadcast(text, name, id), server_.log_event("message", name, text);
-            local.held.clear();
-            return;
-        }
-        publish("join", {name});
-        for (const std::string& text : local.held) {
-            server_.broadcast(text, name, id);
-            server_.log_event("message", name, text);
-            publish("msg", {name, text});
-        }
-        local.held.clear();
+        if (outcome == Claim::claimed) publish("join", {name});
+        replay_held(id);  // published too once claimed; local only otherwise
     }
     // NATS is back (or the tick, while NATS is there): claim the names of the users who came
     // while NATS or the names bucket was away.
     void reclaim() {
         for (auto& [id, local] : locals_)
             if (local.claim == Claim::local_only)
-                local.claim = Claim::pending, submit({Job::claim, id, local.name});
+                local.claim = Claim::pending, submit({Job::claim, id, local.info.name});
     }
     void drop(const std::string& what) { say("dropped " + what); }
     void say(const std::string& line) const {
@@ -522,7 +710,9 @@ private:
         }
         std::string why;
         Claim outcome = Claim::local_only;
-        if (open_bucket()) {
+        if (auto lease = leases_.find(key); lease != leases_.end() && lease->second.id != job.id) {
+            why = "the name \"" + job.name + "\" is taken";  // by another user here (a /nick)
+        } else if (open_bucket()) {
             std::uint64_t revision = 0;
             if (take(key, revision, why)) {
                 leases_[key] = Lease{job.id, job.name, revision};
@@ -530,6 +720,11 @@ private:
             } else if (!why.empty()) {
                 why = "the name \"" + job.name + "\" is taken";
             }
+        }
+        if (job.kind == Job::rename) {  // a /nick is refused rather than left unclaimed
+            if (outcome != Claim::claimed && why.empty())
+                why = "the cluster's names are unreachable just now; try again";
+            return to_loop([this, id = job.id, name = job.name, why] { renamed(id, name, why); });
         }
         to_loop([this, id = job.id, name = job.name, outcome, why] {
             claimed(id, name, outcome, why);
@@ -611,6 +806,7 @@ private:
     // The loop thread's.
     std::uint64_t seq_ = 0;
     bool publish_failed_ = false;
+    std::function<bool(const ClientInfo&, std::string&)> next_line_;
     std::unordered_map<ClientId, Local> locals_;
     std::unordered_map<std::string, ClientId> local_names_;  // lowercase name -> user
     std::map<std::string, Peer> peers_;

@@ -60,7 +60,7 @@ class Reader(threading.Thread):
 
     def __init__(self, test, port, name):
         super().__init__(daemon=True)
-        self.name = name
+        self.name, self.test = name, test
         self.sock = test.raw_connect(port, name)
         self.pairs, self.closed = [], False
         self.cond = threading.Condition()
@@ -88,7 +88,8 @@ class Reader(threading.Thread):
             while not predicate(self.pairs):
                 left = deadline - time.monotonic()
                 if left <= 0 or self.closed:
-                    raise AssertionError(f"{self.name}: {what} not seen within {timeout}s: {self.pairs}")
+                    raise AssertionError(f"{self.name}: {what} not seen within {timeout}s: {self.pairs}\n"
+                                         + self.test.describe_nodes())
                 self.cond.wait(min(left, 0.5))
 
     def wait_notice(self, text, timeout=TIMEOUT, prefix=False):
@@ -156,6 +157,25 @@ class ClusterTestCase(ChatTestCase):
                 if other != node:
                     p.wait_for(f"node {other} is in the cluster", timeout=CLUSTER_UP)
         return ports
+
+    def describe_nodes(self):
+        """What every node printed: its diagnostics say what it dropped or missed."""
+        return "\n".join(p.describe() for p in getattr(self, "nodes", {}).values())
+
+    def wait_log(self, node, line, timeout=TIMEOUT):
+        """Waits until node's conversation log has a line ending with `line` (tab-separated
+        kind, who, text after the timestamp)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                with open(self.path(f"{node}.log"), encoding="utf-8") as f:
+                    if any(l.rstrip("\n").split("\t", 1)[-1] == line for l in f):
+                        return
+            except FileNotFoundError:
+                pass
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{line!r} not in {node}.log within {timeout}s")
+            time.sleep(0.1)
 
     def join(self, port, name):
         c = Reader(self, port, name)
@@ -237,6 +257,93 @@ class Names(ClusterTestCase):
         self.assertEqual(sorted(o for o, _ in outcomes), ["closed", "open"], outcomes)
         refused = next(d for o, d in outcomes if o == "closed")
         self.assertIn(b'name refused: the name "zed" is taken', refused)
+
+
+class Commands(ClusterTestCase):
+    """enable_commands is on in the demo, and ClusterOptions::commands: /msg, /me, /who and
+    /nick reach users of every node."""
+
+    def start_room(self):
+        ports = self.start_cluster()
+        alice, bob, carol = (self.join(ports[n], name) for n, name in (("a", "alice"), ("b", "bob"), ("c", "carol")))
+        alice.wait_notice("carol joined")
+        bob.wait_notice("carol joined")
+        return ports, alice, bob, carol
+
+    def test_msg_me_and_who_reach_other_nodes(self):
+        ports, alice, bob, carol = self.start_room()
+        alice.send("/msg BOB hello there")
+        bob.wait_notice("private from alice: hello there")
+        alice.wait_notice("private to bob: hello there")
+        alice.send("/msg nobody hi")
+        alice.wait_notice('no user named "nobody"')
+        bob.send("/me waves")
+        alice.wait_notice("bob waves")
+        carol.wait_notice("bob waves")
+        carol.send("/who")
+        carol.wait_notice("3 online: alice, bob, carol")
+        alice.send("/msg alice to myself")  # a local user: the core's /msg, as ever
+        alice.wait_notice("private from alice: to myself")
+        time.sleep(0.3)
+        self.assertFalse(any("hello there" in t for _, t in carol.pairs), "only bob hears it")
+        self.assertNotIn(("server", "bob waves"), bob.pairs, "an action is not echoed")
+        self.assertEqual(alice.messages() + bob.messages() + carol.messages(), [], "commands are not relayed")
+        self.wait_log("a", "private\talice\tto bob: hello there")  # the sender's node
+        self.wait_log("b", "remote-private\talice@a\tto bob: hello there")  # the receiver's
+        self.wait_log("b", "action\tbob\twaves")
+        self.wait_log("a", "remote-action\tbob@b\twaves")
+
+    def test_nick_is_claimed_across_the_cluster(self):
+        ports, alice, bob, carol = self.start_room()
+        bob.send("/nick carol")
+        bob.wait_notice('name refused: the name "carol" is taken')  # carol is node c's
+        bob.send("/nick CAROL")
+        bob.wait(lambda pairs: pairs.count(("server", 'name refused: the name "CAROL" is taken')) == 1, "refused")
+        alice.send("/nick ada")
+        alice.send("first as ada")  # held until the claim is settled: after the announcement
+        for c in (alice, bob, carol):
+            c.wait_notice("alice is now known as ada")
+        for c in (bob, carol):
+            c.wait(lambda pairs: ("ada", "first as ada") in pairs, "the message under the new name")
+            got = [p for p in c.pairs if p in (("server", "alice is now known as ada"), ("ada", "first as ada"))]
+            self.assertEqual(got[0], ("server", "alice is now known as ada"), f"{c.name}: in order")
+        bob.send("/msg ADA hi ada")
+        alice.wait_notice("private from bob: hi ada")
+        carol.send("/who")
+        carol.wait_notice("3 online: ada, bob, carol")
+        self.wait_log("a", "nick\talice\tada")
+        self.wait_log("b", "nick\talice\tnode a: ada")
+        # the old name is free again, on any node
+        deadline = time.monotonic() + TIMEOUT
+        while True:
+            s = self.raw_connect(ports["c"], "alice")
+            try:
+                refused = b"name refused" in recv_until_closed(s, timeout=1.0)
+            except AssertionError:
+                refused = False  # still open: its claim held
+            s.close()
+            if not refused:
+                break
+            self.assertLess(time.monotonic(), deadline, "alice's name is still held")
+        carol.send("/msg ada still you")
+        alice.wait_notice("private from carol: still you")
+
+    def test_the_same_nick_at_the_same_moment_on_two_nodes_goes_to_one(self):
+        ports, alice, bob, carol = self.start_room()
+        bob.send("/nick zed")
+        carol.send("/nick zed")
+        renamed = ("server", "bob is now known as zed"), ("server", "carol is now known as zed")
+        refused = ("server", 'name refused: the name "zed" is taken')
+        bob.wait(lambda pairs: refused in pairs or renamed[0] in pairs, "bob's answer")
+        carol.wait(lambda pairs: refused in pairs or renamed[1] in pairs, "carol's answer")
+        winner = 0 if renamed[0] in bob.pairs else 1
+        loser = (bob, carol)[1 - winner]
+        self.assertIn(refused, loser.pairs)
+        alice.wait_notice(renamed[winner][1])
+        time.sleep(0.5)
+        for c in (alice, bob, carol):
+            self.assertNotIn(renamed[1 - winner], c.pairs)
+            self.assertEqual(sum(p in renamed for p in c.pairs), 1, c.name)
 
 
 class BadInput(ClusterTestCase):
