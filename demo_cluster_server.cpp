@@ -7,15 +7,23 @@
 //
 // NATS-URLS is a comma-separated list, tried in order; NODE names this node, uniquely in the
 // cluster. Users on every node share one room, with unique names. docs/CLUSTER.md tells more.
+// From the environment: CHATSOCK_NATS_REPLICAS, the names bucket's copies (1 to 5; default 1,
+// 3 survives the loss of a NATS server).
 #include "chatsock.hpp"
 #include "cluster/chatsock_cluster.hpp"
 
+#include <cstdlib>
 #include <string>
 #include <vector>
 
 static int fail(const std::string& why, int status) {
     chatsock::write_text(stderr, "demo_cluster_server: " + why + "\n");
     return status;
+}
+
+static std::string env(const char* name) {
+    const char* value = std::getenv(name);
+    return value ? value : "";
 }
 
 int main(int argc, char** argv) {
@@ -38,6 +46,11 @@ int main(int argc, char** argv) {
     }
     cluster_options.node = args[5];
     cluster_options.commands = true;  // enable_commands is on: /who, /msg, /me, /nick span nodes
+    if (std::string replicas = env("CHATSOCK_NATS_REPLICAS"); !replicas.empty()) {
+        if (replicas.size() != 1 || replicas[0] < '1' || replicas[0] > '5')
+            return fail("CHATSOCK_NATS_REPLICAS must be 1 to 5, not '" + replicas + "'", 2);
+        cluster_options.replicas = replicas[0] - '0';
+    }
 
     chatsock::Server server(options);
     chatsock::enable_commands(server);  // before the cluster, which wraps the callbacks

@@ -15,8 +15,10 @@
 // - Every node publishes its room's events (joins, leaves, messages, heartbeats) on the subject
 //   chatsock.<room>.events and relays what the other nodes publish there to its own clients.
 //   Each event carries its node's name, the node's boot id and a per-node sequence number:
-//   receivers drop their own echoes and duplicates, and note gaps; one NATS connection
-//   delivers one publisher's events in order, so per-sender order holds.
+//   receivers drop their own echoes and duplicates; one NATS connection delivers one
+//   publisher's events in order, so per-sender order holds. Core NATS delivers at most once:
+//   a receiver that sees a gap holds what follows and asks the sender to publish the missing
+//   events again (each node keeps its last resend_buffer bytes of events for that).
 // - Names are unique across the cluster: a name is claimed in the JetStream key-value bucket
 //   chatsock_<room>_names with an atomic create. The server checks a name synchronously, so a
 //   user is accepted locally first and claimed at once, on a worker thread; a user whose claim
@@ -68,7 +70,17 @@ struct ClusterOptions {
     milliseconds name_ttl{15000};        // a dead node's names are free after at most this
     int replicas = 1;                    // copies of the names bucket; 3 survives losing a server
     milliseconds reconnect_wait{250};    // between two attempts on the same NATS server
+    // A NATS server that vanished without closing the connection (a machine lost, a network
+    // cut) is noticed by pings: within about ping_interval * (max_pings_out + 1). libnats'
+    // default, 2 minutes per ping, would leave the room cut off for minutes.
+    milliseconds ping_interval{1000};
+    int max_pings_out = 2;
     int reconnect_buffer = 8 << 20;      // bytes published while disconnected, kept until back
+    // Events lost on the way (in flight to a NATS server that died, or sent while a node was
+    // away) are asked for again: each node keeps its last resend_buffer bytes of events, and
+    // a receiver holds what follows a gap up to resend_wait (plus a heartbeat) for them.
+    std::size_t resend_buffer = 4 << 20;
+    milliseconds resend_wait{1000};
     // Set when enable_commands(server) is on (call it before start()): /who, /msg, /me and
     // /nick then span the cluster. Off, the add-on leaves commands to the core alone.
     bool commands = false;
@@ -82,6 +94,7 @@ struct ClusterOptions {
 //   roster NAME...      users present         join NAME            leave NAME REASON
 //   msg NAME TEXT       a message             action NAME TEXT     "/me TEXT"
 //   private FROM TO TEXT  "/msg TO TEXT"      nick OLD NEW         "/nick NEW"
+//   resend NODE FIRST LAST  "NODE: publish your events FIRST..LAST again, I missed them"
 namespace cluster_wire {
 constexpr std::string_view version = "CS1";
 constexpr std::size_t max_event = 256 * 1024;  // longer events are dropped unread
@@ -124,7 +137,7 @@ inline bool is_number(std::string_view s, bool hex) {
 inline int arity(std::string_view kind, bool& known) {
     static const std::map<std::string_view, int> kinds = {
         {"hb", 0},  {"who", 0},    {"roster", -1}, {"join", 1}, {"leave", 2},
-        {"msg", 2}, {"action", 2}, {"private", 3}, {"nick", 2}};
+        {"msg", 2}, {"action", 2}, {"private", 3}, {"nick", 2}, {"resend", 3}};
     auto it = kinds.find(kind);
     known = it != kinds.end();
     return known ? it->second : 0;
@@ -172,6 +185,9 @@ public:
             s = natsOptions_SetReconnectWait(nats_options_, options_.reconnect_wait.count());
         if (s == NATS_OK)
             s = natsOptions_SetReconnectBufSize(nats_options_, options_.reconnect_buffer);
+        if (s == NATS_OK)
+            s = natsOptions_SetPingInterval(nats_options_, options_.ping_interval.count());
+        if (s == NATS_OK) s = natsOptions_SetMaxPingsOut(nats_options_, options_.max_pings_out);
         if (s == NATS_OK) s = natsOptions_SetDisconnectedCB(nats_options_, on_disconnected, this);
         if (s == NATS_OK) s = natsOptions_SetReconnectedCB(nats_options_, on_connected, this);
         if (s == NATS_OK) s = natsOptions_SetClosedCB(nats_options_, on_closed, this);
@@ -227,8 +243,10 @@ private:
     };
     struct Peer {
         std::string boot;
-        std::uint64_t seq = 0;
+        std::uint64_t seq = 0;  // the last applied
         Clock::time_point heard;
+        std::map<std::uint64_t, std::vector<std::string>> early;  // after a gap, by number
+        Clock::time_point gap_since;                              // when the gap was seen
         std::map<std::string, std::string> users;  // lowercase name -> name
     };
     struct Job {  // for the worker thread
@@ -268,14 +286,53 @@ private:
         };
     }
     void publish(std::string_view kind, std::initializer_list<std::string_view> fields) {
-        if (!nc_) return;
         std::string event = header(kind);
         for (std::string_view f : fields) cluster_wire::put(event, f);
+        send(std::move(event));
+    }
+    // Publishes an event, and keeps it a while for the nodes that may miss it (see resend).
+    void send(std::string event) {
+        if (!nc_) return;
         const natsStatus s =
             natsConnection_Publish(nc_, subject_.c_str(), event.data(), int(event.size()));
         if (s != NATS_OK && !std::exchange(publish_failed_, true))
             say(std::string("cannot publish on the bus: ") + natsStatus_GetText(s));
         if (s == NATS_OK) publish_failed_ = false;
+        if (s == NATS_OK && !connected_)  // libnats keeps it in its reconnect buffer
+            ++buffered_events_, buffered_bytes_ += event.size();
+        kept_bytes_ += event.size();  // kept even when not published: a resend may get through
+        kept_.emplace_back(seq_, std::move(event));
+        while (kept_bytes_ > options_.resend_buffer && kept_.size() > 1)
+            kept_bytes_ -= kept_.front().second.size(), kept_.pop_front();
+    }
+    // A node missed our events first..last (an event lost with the NATS server it was sent
+    // to, or sent while that node was away): publish again those still kept, as they were.
+    // The nodes that have them drop them as duplicates.
+    void answer_resend(const std::string& node, const std::string& first_field,
+                       const std::string& last_field) {
+        if (!cluster_wire::is_number(first_field, false) ||
+            !cluster_wire::is_number(last_field, false))
+            return drop("a malformed resend request from node " + node);
+        const std::uint64_t first = std::stoull(first_field), last = std::stoull(last_field);
+        if (first == 0 || first > last || last > seq_) return drop("a resend of events we lack");
+        std::size_t count = 0;
+        for (const auto& [seq, event] : kept_)
+            if (seq >= first && seq <= last && nc_)
+                ++count, natsConnection_Publish(nc_, subject_.c_str(), event.data(),
+                                                int(event.size()));
+        const std::uint64_t asked = last - first + 1;
+        say("node " + node + " missed our events " + first_field + "-" + last_field + ": " +
+            (count == asked ? "resent"
+                            : std::to_string(count) + " resent, the others no longer kept"));
+    }
+    // Said on (re)connecting: what libnats kept in its reconnect buffer meanwhile, now sent.
+    std::string buffered_news() {
+        if (buffered_events_ == 0) return {};
+        const std::string news = "; " + std::to_string(buffered_events_) + " events (" +
+                                 std::to_string(buffered_bytes_) +
+                                 " bytes) published while away were buffered, sent on now";
+        buffered_events_ = buffered_bytes_ = 0;
+        return news;
     }
     // The four fields every event starts with; the next sequence number is taken.
     std::string header(std::string_view kind) {
@@ -299,7 +356,7 @@ private:
                 chunk.push_back(names[i]), bytes += names[i].size() + 8;
             std::string event = header("roster");  // like publish(), with a list
             for (std::string_view f : chunk) cluster_wire::put(event, f);
-            natsConnection_Publish(nc_, subject_.c_str(), event.data(), int(event.size()));
+            send(std::move(event));
         }
     }
     // A line from a local user; true: the server relays it to the local room. While the user's
@@ -460,7 +517,7 @@ private:
         const int own = cluster_wire::arity(f[3], known);
         if (!known || (own >= 0 && f.size() != 4u + std::size_t(own)))
             return drop("an event of unknown kind or size from node " + f[0]);
-        const std::string& node = f[0];
+        const std::string node = f[0];  // a copy: f may move to the held events
         if (node == options_.node) return;  // our own echo (no_echo is on: this is a spare)
         const std::uint64_t seq = std::stoull(f[2]);
         if (seq == 0) return drop("an event numbered 0 from node " + node);
@@ -473,11 +530,47 @@ private:
             say("node " + node + " is in the cluster");
             publish("who", {});  // it sends its roster in answer
         }
-        if (seq <= peer.seq) return;  // a duplicate
-        if (seq > peer.seq + 1)
-            say("missed " + std::to_string(seq - peer.seq - 1) + " events from node " + node);
-        peer.seq = seq;
+        if (seq <= peer.seq || peer.early.count(seq)) return;  // a duplicate
         peer.heard = Clock::now();
+        // A resend request is answered at once, not held behind a gap in its sender's numbers:
+        // two nodes that each missed the other's events would otherwise wait on each other.
+        if (f[3] == "resend" && f[4] == options_.node) answer_resend(node, f[5], f[6]);
+        if (seq > peer.seq + 1) return hold(node, peer, seq, std::move(f));
+        peer.seq = seq;
+        apply(node, peer, f);
+        catch_up(node, peer);
+    }
+    // An event after a gap: it waits, in order, while the node is asked for the missing ones
+    // (at most resend_wait; see give_up). One request per new gap.
+    void hold(const std::string& node, Peer& peer, std::uint64_t seq, std::vector<std::string> f) {
+        const std::uint64_t asked = peer.early.empty() ? peer.seq : peer.early.rbegin()->first;
+        if (peer.early.empty()) peer.gap_since = Clock::now();
+        peer.early.emplace(seq, std::move(f));
+        if (peer.early.size() > max_early) return give_up(node, peer);  // a node gone astray
+        if (seq > asked + 1)
+            publish("resend", {node, std::to_string(asked + 1), std::to_string(seq - 1)});
+    }
+    // Applies the held events that now follow in order.
+    void catch_up(const std::string& node, Peer& peer) {
+        while (!peer.early.empty() && peer.early.begin()->first == peer.seq + 1) {
+            auto first = peer.early.begin();
+            std::vector<std::string> f = std::move(first->second);
+            peer.early.erase(first);
+            ++peer.seq;
+            apply(node, peer, f);
+        }
+        if (!peer.early.empty()) peer.gap_since = Clock::now();  // the next gap's own wait
+    }
+    // The missing events did not come: they are lost (said so), and the held ones go on.
+    void give_up(const std::string& node, Peer& peer) {
+        if (peer.early.empty()) return;
+        say("missed " + std::to_string(peer.early.begin()->first - peer.seq - 1) +
+            " events from node " + node);
+        peer.seq = peer.early.begin()->first - 1;
+        catch_up(node, peer);
+        publish("who", {});  // the rosters bring back the users whose joins were missed
+    }
+    void apply(const std::string& node, Peer& peer, const std::vector<std::string>& f) {
         const std::string& kind = f[3];
         if (kind == "who") {
             publish_roster();
@@ -505,7 +598,7 @@ private:
             deliver_private(node, peer, f[4], f[5], f[6]);
         } else if (kind == "nick") {
             remote_nick(node, peer, f[4], f[5]);
-        }
+        }  // resend: answered on arrival (on_event)
     }
     bool fits(const std::string& text) const {  // what every local client can take
         return text.size() <= server_.options().max_payload && is_valid_utf8(text);
@@ -584,6 +677,9 @@ private:
     void tick() {  // every `heartbeat`, from the worker
         if (connected_) publish("hb", {}), reclaim();
         const auto now = Clock::now();
+        for (auto& [node, peer] : peers_)
+            if (!peer.early.empty() && now - peer.gap_since >= options_.resend_wait)
+                give_up(node, peer);
         for (auto it = peers_.begin(); it != peers_.end();) {
             if (now - it->second.heard < options_.node_lost_after) {
                 ++it;
@@ -650,7 +746,8 @@ private:
         auto* cluster = static_cast<Cluster*>(self);
         cluster->connected_ = true;
         cluster->to_loop([cluster] {
-            cluster->say("connected to NATS at " + cluster->connected_url());
+            cluster->say("connected to NATS at " + cluster->connected_url() +
+                         cluster->buffered_news());
             cluster->reclaim();
         });
         cluster->wake_.notify_all();  // the worker may be waiting for NATS
@@ -740,23 +837,29 @@ private:
         const std::string holder = kvEntry_ValueString(entry);
         const std::uint64_t held_at = kvEntry_Revision(entry);
         kvEntry_Destroy(entry);
-        if (holder.rfind(options_.node + " ", 0) == 0 &&
-            kvStore_UpdateString(&revision, kv_, key.c_str(), owner_.c_str(), held_at) == NATS_OK)
-            return true;
-        why = "taken by " + holder;
-        return false;
+        if (holder.rfind(options_.node + " ", 0) != 0) {
+            why = "taken by " + holder;
+            return false;
+        }  // ours: an update can fail for a while (a JetStream leader being elected): no refusal
+        return kvStore_UpdateString(&revision, kv_, key.c_str(), owner_.c_str(), held_at) ==
+               NATS_OK;
     }
     // Renews every lease; a lease lost meanwhile (expired while NATS was away, and claimed
     // elsewhere) disconnects its user.
     void renew() {
         if (!connected_ || !open_bucket()) return;
+        std::size_t failed = 0;
         for (auto it = leases_.begin(); it != leases_.end();) {
             Lease& lease = it->second;
             std::string why;
             if (kvStore_UpdateString(&lease.revision, kv_, it->first.c_str(), owner_.c_str(),
                                      lease.revision) == NATS_OK ||
-                take(it->first, lease.revision, why) || why.empty()) {
-                ++it;  // renewed, or an error: try again next time
+                take(it->first, lease.revision, why)) {
+                ++it;
+                continue;
+            }
+            if (why.empty()) {  // an error, not a loss: tried again at the next renewal
+                ++failed, ++it;
                 continue;
             }
             to_loop([this, id = lease.id, name = lease.name] {
@@ -765,6 +868,11 @@ private:
             });
             it = leases_.erase(it);
         }
+        if (failed)
+            to_loop([this, failed, error = std::string(nats_GetLastError(nullptr))] {
+                say("could not renew " + std::to_string(failed) + " names (" + error +
+                    "); trying again in name_ttl / 3");
+            });
     }
     // The names bucket, made by whichever node comes first; tried at most once a second.
     bool open_bucket() {
@@ -806,6 +914,10 @@ private:
     // The loop thread's.
     std::uint64_t seq_ = 0;
     bool publish_failed_ = false;
+    std::deque<std::pair<std::uint64_t, std::string>> kept_;  // our last events, for resends
+    std::size_t kept_bytes_ = 0;
+    static constexpr std::size_t max_early = 10000;  // events held after one node's gaps
+    std::size_t buffered_events_ = 0, buffered_bytes_ = 0;  // published while disconnected
     std::function<bool(const ClientInfo&, std::string&)> next_line_;
     std::unordered_map<ClientId, Local> locals_;
     std::unordered_map<std::string, ClientId> local_names_;  // lowercase name -> user

@@ -62,7 +62,7 @@ class Reader(threading.Thread):
         super().__init__(daemon=True)
         self.name, self.test = name, test
         self.sock = test.raw_connect(port, name)
-        self.pairs, self.closed = [], False
+        self.pairs, self.times, self.closed = [], [], False  # times: when each pair came
         self.cond = threading.Condition()
         self.start()
 
@@ -73,6 +73,7 @@ class Reader(threading.Thread):
                 _, text = recv_frame(self.sock, timeout=3600)
                 with self.cond:
                     self.pairs.append((sender.decode(), text.decode()))
+                    self.times.append(time.monotonic())
                     self.cond.notify_all()
         except (AssertionError, OSError):
             with self.cond:
@@ -132,14 +133,16 @@ class ClusterTestCase(ChatTestCase):
         n.wait_for("Server is ready", stream="err")
         return n, port
 
-    def start_node(self, node, urls):
-        p = self.spawn([NODE_SERVER, HOST, 0, f"{node}.log", urls, node], stdin=DEVNULL, label=f"node[{node}]")
+    def start_node(self, node, urls, env=None):
+        p = self.spawn([NODE_SERVER, HOST, 0, f"{node}.log", urls, node], stdin=DEVNULL, label=f"node[{node}]",
+                       env=env)
         port = int(p.wait_for(re.compile(rb"listening on 127\.0\.0\.1:(\d+)")).group(1))
         self.nodes[node] = p
         return port
 
-    def start_cluster(self, nodes=("a", "b", "c")):
-        """Three routed nats-servers and one chatsock node on each; returns {node: port}."""
+    def start_cluster(self, nodes=("a", "b", "c"), env=None):
+        """Three routed nats-servers and one chatsock node on each, which lists its own first and
+        then the others (env: for the nodes); returns {node: port}."""
         client_ports = [free_port() for _ in nodes]
         route_ports = [free_port() for _ in nodes]
         routes = ",".join(f"nats://{HOST}:{p}" for p in route_ports)
@@ -150,7 +153,7 @@ class ClusterTestCase(ChatTestCase):
         self.nodes, ports = {}, {}
         for i, node in enumerate(nodes):
             ports[node] = self.start_node(node, ",".join(f"nats://{HOST}:{client_ports[(i + k) % len(nodes)]}"
-                                                         for k in range(len(nodes))))
+                                                         for k in range(len(nodes))), env)
         for node, p in self.nodes.items():
             p.wait_for("is ready", timeout=CLUSTER_UP)  # the names bucket
             for other in nodes:
@@ -370,6 +373,112 @@ class BadInput(ClusterTestCase):
         node_b.wait_for(re.compile(rb"dropped an event of 30720\d bytes \(the limit is 262144\)"))
         self.assertEqual(b1.messages(), [("mallory", "hi")], "only the well-formed event is relayed")
         self.assertNotIn(("a1", "I am a1"), a1.pairs)
+
+
+class NatsLoss(ClusterTestCase):
+    """Node a's nats-server is lost while a1 (node a) and b1 (node b) each send a message every
+    10 ms: node a moves to the next URL in its list, and nothing is lost either way, nor
+    delivered twice, nor out of order. The names bucket has 3 replicas (CHATSOCK_NATS_REPLICAS),
+    so it outlives the server."""
+
+    def test_kill_9_of_a_nats_server(self):
+        """The server's sockets close with it: node a notices at once; what it publishes until
+        it is connected again waits in libnats' reconnect buffer."""
+        self.lose_a_nats_server(signal.SIGKILL, "kill -9")
+
+    def test_a_nats_server_that_stops_answering(self):
+        """SIGSTOP: the connection stays open and silent, as when a machine or its network is
+        lost. Node a notices by its pings (ping_interval 1 s, max_pings_out 2); what it sent
+        into the silent connection meanwhile, and what it missed, is asked for again (resend)."""
+        self.lose_a_nats_server(signal.SIGSTOP, "kill -STOP")
+
+    def lose_a_nats_server(self, sig, what):
+        ports = self.start_cluster(env={"CHATSOCK_NATS_REPLICAS": "3"})
+        a1, b1, c1 = (self.join(ports[n], f"{n}1") for n in "abc")
+        for c in (a1, b1):
+            c.wait_notice("c1 joined")
+        sent = {"a1": [], "b1": []}  # name -> [(text, time sent)]
+        stop = threading.Event()
+
+        def sender(client):
+            for i in range(100000):
+                if stop.is_set():
+                    return
+                sent[client.name].append((f"{client.name} {i}", time.monotonic()))
+                client.send(f"{client.name} {i}")
+                time.sleep(0.01)
+        threads = [threading.Thread(target=sender, args=(c,), daemon=True) for c in (a1, b1)]
+        for t in threads:
+            t.start()
+        time.sleep(1.0)
+        lost_at = time.monotonic()
+        self.nats[0].signal(sig)
+        m = self.nodes["a"].wait_for(re.compile(
+            rb"connected to NATS at nats://127\.0\.0\.1:%d([^\n]*)" % self.nats_ports[1]), timeout=2 * TIMEOUT)
+        switched = time.monotonic() - lost_at
+        time.sleep(1.0)
+        stop.set()
+        for t in threads:
+            t.join(timeout=TIMEOUT)
+
+        def received(reader, sender_name):
+            with reader.cond:
+                return [(t, when) for (s, t), when in zip(reader.pairs, reader.times) if s == sender_name]
+        for reader, sender_name in ((b1, "a1"), (c1, "a1"), (a1, "b1")):  # everything, or the deadline
+            try:
+                reader.wait(lambda pairs: sum(s == sender_name for s, _ in pairs) >= len(sent[sender_name]),
+                            f"{sender_name}'s messages", timeout=2 * TIMEOUT)
+            except AssertionError:
+                pass
+        time.sleep(0.5)  # a duplicate would arrive about now
+        for reader, sender_name in ((b1, "a1"), (c1, "a1"), (a1, "b1")):
+            texts = [t for t, _ in sent[sender_name]]
+            got = [t for t, _ in received(reader, sender_name)]
+            self.assertEqual(got, [t for t in texts if t in got], f"{reader.name}: in order, once")
+            self.assertEqual(len(got), len(texts), f"{reader.name}: lost {[t for t in texts if t not in got]}\n"
+                             + self.describe_nodes())
+        sent_after = {t for t, when in sent["a1"] if when >= lost_at}
+        arrivals = received(b1, "a1")
+        first = min(when for t, when in arrivals if t in sent_after) - lost_at
+        silence = max(later - earlier for (_, earlier), (_, later) in zip(arrivals, arrivals[1:]))
+        resent = [l.split(": ", 1)[1] for p in self.nodes.values() for l in p.lines() if "missed our events" in l]
+        print(f"  {what} of node a's nats-server: node a on the next URL after {switched:.2f} s"
+              f"{m.group(1).decode()}; a1 and b1 sent {len(sent['a1'])} and {len(sent['b1'])}: none lost,"
+              f" none twice; a1's first sent after the loss reached b1 {first:.2f} s after it; longest"
+              f" silence at b1 {silence:.2f} s; resends: {resent or 'none'}", flush=True)
+        a2 = self.join(ports["a"], "a2")  # the names bucket outlived its server
+        b1.wait_notice("a2 joined", timeout=CLUSTER_UP)
+        s = self.raw_connect(ports["a"], "b1")
+        self.assertIn(b'name refused: the name "b1" is taken', recv_until_closed(s, timeout=CLUSTER_UP))
+        a2.send("after")
+        c1.wait(lambda pairs: ("a2", "after") in pairs, "a message after the switch-over")
+
+
+class Resends(ClusterTestCase):
+    def test_events_after_a_gap_wait_for_the_missing_ones_then_go_on(self):
+        """A receiver holds what follows a gap in a node's numbers and asks that node to
+        publish the missing events again (resend); they are applied in order, or given up
+        after resend_wait. A node asked for its own events publishes those it keeps."""
+        ports = self.start_cluster(("a", "b"))
+        b1 = self.join(ports["b"], "b1")
+        boot = "0123abcd"
+        nats_publish(self.nats_ports[1], "chatsock.lobby.events", [
+            event("evil", boot, "1", "msg", "mallory", "one"),
+            event("evil", boot, "3", "msg", "mallory", "three"),  # 2 is missing: held
+        ])
+        b1.wait(lambda pairs: ("mallory", "one") in pairs, "the first event")
+        self.nodes["b"].wait_for("missed 1 events from node evil", timeout=2 + TIMEOUT)  # never came
+        b1.wait(lambda pairs: ("mallory", "three") in pairs, "the event after the gap")
+        nats_publish(self.nats_ports[1], "chatsock.lobby.events", [
+            event("evil", boot, "5", "msg", "mallory", "five"),  # 4 is late, not lost
+            event("evil", boot, "4", "msg", "mallory", "four"),
+            event("evil", boot, "4", "msg", "mallory", "four"),  # a duplicate
+            event("evil", boot, "6", "resend", "a", "1", "3"),   # node a's first three again
+        ])
+        b1.wait(lambda pairs: ("mallory", "five") in pairs, "the events after the late one")
+        self.assertEqual(b1.messages(), [("mallory", t) for t in ("one", "three", "four", "five")])
+        self.nodes["a"].wait_for("node evil missed our events 1-3: resent")
+        self.assertEqual(b1.pairs.count(("server", "mallory joined")), 1, "resent events are duplicates to b")
 
 
 class Startup(ClusterTestCase):

@@ -130,7 +130,7 @@ class Proc:
     """A child process with its stdout and stderr collected as they arrive. With crlf (a
     Windows program), "\r\n" reads as "\n"; raw_out keeps the bytes exactly as written."""
 
-    def __init__(self, args, cwd, stdin=PIPE, label=None, crlf=False):
+    def __init__(self, args, cwd, stdin=PIPE, label=None, crlf=False, env=None):
         self.label = label or os.path.basename(args[0])
         self.args = args
         self.crlf = crlf
@@ -138,7 +138,7 @@ class Proc:
         while True:
             try:  # a session of its own, so kill() also ends the children of a shell pipeline
                 self.p = subprocess.Popen(args, cwd=cwd, stdin=stdin, stdout=PIPE, stderr=PIPE,
-                                          start_new_session=True, env=CHILD_ENV)
+                                          start_new_session=True, env=dict(CHILD_ENV, **(env or {})))
                 break
             except OSError as e:  # "text file busy": a concurrent `make` is rewriting the binary
                 if e.errno != errno.ETXTBSY or time.monotonic() > deadline:
@@ -299,9 +299,10 @@ class ChatTestCase(unittest.TestCase):
     def path(self, name):
         return os.path.join(self.dir, name)
 
-    def spawn(self, args, stdin=PIPE, label=None):
+    def spawn(self, args, stdin=PIPE, label=None, env=None):
+        """Starts a process (env: variables set for it, on top of ours), killed at the end."""
         args = [str(a) for a in args]
-        p = Proc(args, self.dir, stdin=stdin, label=label, crlf=is_windows(args))
+        p = Proc(args, self.dir, stdin=stdin, label=label, crlf=is_windows(args), env=env)
         self.procs.append(p)
         return p
 
