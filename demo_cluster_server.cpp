@@ -8,7 +8,8 @@
 // NATS-URLS is a comma-separated list, tried in order; NODE names this node, uniquely in the
 // cluster. Users on every node share one room, with unique names. docs/CLUSTER.md tells more.
 // From the environment: CHATSOCK_NATS_REPLICAS, the names bucket's copies (1 to 5; default 1,
-// 3 survives the loss of a NATS server).
+// 3 survives the loss of a NATS server); CHATSOCK_NATS_USER and CHATSOCK_NATS_PASSWORD, or
+// CHATSOCK_NATS_TOKEN, when the NATS servers want credentials.
 #include "chatsock.hpp"
 #include "cluster/chatsock_cluster.hpp"
 
@@ -46,6 +47,9 @@ int main(int argc, char** argv) {
     }
     cluster_options.node = args[5];
     cluster_options.commands = true;  // enable_commands is on: /who, /msg, /me, /nick span nodes
+    cluster_options.user = env("CHATSOCK_NATS_USER");
+    cluster_options.password = env("CHATSOCK_NATS_PASSWORD");
+    cluster_options.token = env("CHATSOCK_NATS_TOKEN");
     if (std::string replicas = env("CHATSOCK_NATS_REPLICAS"); !replicas.empty()) {
         if (replicas.size() != 1 || replicas[0] < '1' || replicas[0] > '5')
             return fail("CHATSOCK_NATS_REPLICAS must be 1 to 5, not '" + replicas + "'", 2);

@@ -60,11 +60,13 @@
 namespace chatsock {
 
 struct ClusterOptions {
-    std::vector<std::string> servers;  // NATS URLs, e.g. nats://127.0.0.1:4222; user:password@
-                                       // or token@ before the host when the servers want it
+    std::vector<std::string> servers;  // NATS URLs, e.g. nats://127.0.0.1:4222 (credentials may
+                                       // also go here: user:password@ or token@ before the host)
     std::string node;                  // this node's name, unique in the cluster: 1-32 of
                                        // A-Z a-z 0-9 _ -
     std::string room = "lobby";        // same characters; nodes of one room share it
+    std::string user, password;        // NATS user/password authentication, when not empty
+    std::string token;                 // NATS token authentication, when not empty
     milliseconds heartbeat{1000};
     milliseconds node_lost_after{5000};  // silent this long: the node's users are announced left
     milliseconds name_ttl{15000};        // a dead node's names are free after at most this
@@ -180,6 +182,11 @@ public:
         if (s == NATS_OK) s = natsOptions_SetNoRandomize(nats_options_, true);
         if (s == NATS_OK) s = natsOptions_SetName(nats_options_, options_.node.c_str());
         if (s == NATS_OK) s = natsOptions_SetNoEcho(nats_options_, true);
+        if (s == NATS_OK && !options_.user.empty())
+            s = natsOptions_SetUserInfo(nats_options_, options_.user.c_str(),
+                                        options_.password.c_str());
+        if (s == NATS_OK && !options_.token.empty())
+            s = natsOptions_SetToken(nats_options_, options_.token.c_str());
         if (s == NATS_OK) s = natsOptions_SetMaxReconnect(nats_options_, -1);  // for ever
         if (s == NATS_OK)
             s = natsOptions_SetReconnectWait(nats_options_, options_.reconnect_wait.count());
@@ -194,8 +201,9 @@ public:
         if (s == NATS_OK)
             s = natsOptions_SetRetryOnFailedConnect(nats_options_, true, on_connected, this);
         if (s != NATS_OK) return std::string("NATS options: ") + natsStatus_GetText(s);
-        install_callbacks();
         s = natsConnection_Connect(&nc_, nats_options_);
+        if (std::string refused = refused_credentials(s); !refused.empty()) return refused;
+        install_callbacks();
         if (s == NATS_NOT_YET_CONNECTED)
             say("NATS is unreachable: serving the local room only, joining the cluster when "
                 "NATS appears");
@@ -209,6 +217,18 @@ public:
         if (s != NATS_OK) return std::string("cannot subscribe: ") + natsStatus_GetText(s);
         worker_ = std::thread([this] { work(); });
         return {};
+    }
+    // Wrong credentials are no outage to wait out: start() fails, saying so. (While retrying,
+    // libnats reports a refusal the same way as a server away; only the first attempt tells.)
+    std::string refused_credentials(natsStatus connecting) {
+        const char* text = nullptr;
+        if (connecting != NATS_CONNECTION_AUTH_FAILED &&
+            (connecting != NATS_NOT_YET_CONNECTED ||
+             natsConnection_GetLastError(nc_, &text) != NATS_CONNECTION_AUTH_FAILED))
+            return {};
+        return std::string("NATS refused this node's credentials (") +
+               (text ? text : natsStatus_GetText(connecting)) +
+               "): check the user and password, or the token";
     }
     ~Cluster() {
         alive_.reset();  // tasks already posted to the loop do nothing now

@@ -481,6 +481,45 @@ class Resends(ClusterTestCase):
         self.assertEqual(b1.pairs.count(("server", "mallory joined")), 1, "resent events are duplicates to b")
 
 
+class Auth(ClusterTestCase):
+    """NATS servers that want credentials: the demo takes them from CHATSOCK_NATS_USER and
+    CHATSOCK_NATS_PASSWORD, or CHATSOCK_NATS_TOKEN. A node with the right ones joins the
+    cluster; one with wrong ones does not start, and says why."""
+
+    def refused(self, node, url, env):
+        p = self.spawn([NODE_SERVER, HOST, 0, f"{node}.log", url, node], stdin=DEVNULL, label=f"node[{node}]", env=env)
+        self.assertEqual(p.wait(timeout=TIMEOUT), 2, p.describe())
+        return p.err.decode()
+
+    def test_user_and_password(self):
+        _, port = self.start_nats("nats", extra=["--user", "chat", "--pass", "s3cret"])
+        url = f"nats://{HOST}:{port}"
+        good = {"CHATSOCK_NATS_USER": "chat", "CHATSOCK_NATS_PASSWORD": "s3cret"}
+        self.nodes = {}
+        ports = {n: self.start_node(n, url, good) for n in "ab"}
+        for n, other in (("a", "b"), ("b", "a")):
+            self.nodes[n].wait_for(f"connected to NATS at {url}")
+            self.nodes[n].wait_for("is ready", timeout=CLUSTER_UP)
+            self.nodes[n].wait_for(f"node {other} is in the cluster", timeout=CLUSTER_UP)
+        a1, b1 = self.join(ports["a"], "a1"), self.join(ports["b"], "b1")
+        b1.wait_notice("a1 joined")
+        a1.send("with credentials")
+        b1.wait(lambda pairs: ("a1", "with credentials") in pairs, "a message across nodes")
+        for env in ({**good, "CHATSOCK_NATS_PASSWORD": "wrong"}, {}):
+            self.assertIn("demo_cluster_server: NATS refused this node's credentials (Authorization Violation):"
+                          " check the user and password, or the token", self.refused("c", url, env))
+
+    def test_token(self):
+        _, port = self.start_nats("nats", extra=["--auth", "t0ken"])
+        url = f"nats://{HOST}:{port}"
+        self.nodes = {}
+        self.start_node("a", url, {"CHATSOCK_NATS_TOKEN": "t0ken"})
+        self.nodes["a"].wait_for(f"connected to NATS at {url}")
+        self.nodes["a"].wait_for("is ready", timeout=CLUSTER_UP)
+        self.assertIn("NATS refused this node's credentials (Authorization Violation)",
+                      self.refused("b", url, {"CHATSOCK_NATS_TOKEN": "wrong"}))
+
+
 class Startup(ClusterTestCase):
     def test_a_node_serves_its_room_without_nats_and_joins_when_it_appears(self):
         self.nodes = {}
