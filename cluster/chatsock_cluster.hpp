@@ -77,7 +77,7 @@ struct ClusterOptions {
     // default, 2 minutes per ping, would leave the room cut off for minutes.
     milliseconds ping_interval{1000};
     int max_pings_out = 2;
-    int reconnect_buffer = 8 << 20;      // bytes published while disconnected, kept until back
+    int reconnect_buffer = 8 << 20;  // bytes published while disconnected, kept until back
     // Events lost on the way (in flight to a NATS server that died, or sent while a node was
     // away) are asked for again: each node keeps its last resend_buffer bytes of events, and
     // a receiver holds what follows a gap up to resend_wait (plus a heartbeat) for them.
@@ -209,8 +209,7 @@ public:
                 "NATS appears");
         else if (s != NATS_OK)
             return std::string("cannot connect to NATS: ") + natsStatus_GetText(s);
-        else
-            connected_ = true, say("connected to NATS at " + connected_url());
+        else connected_ = true, say("connected to NATS at " + connected_url());
         s = natsConnection_Subscribe(&sub_, nc_, subject_.c_str(), on_bus, this);
         if (s == NATS_OK) s = natsSubscription_SetOnCompleteCB(sub_, on_sub_done, this);
         if (s == NATS_OK) s = natsConnection_JetStream(&js_, nc_, nullptr);
@@ -267,7 +266,7 @@ private:
         Clock::time_point heard;
         std::map<std::uint64_t, std::vector<std::string>> early;  // after a gap, by number
         Clock::time_point gap_since;                              // when the gap was seen
-        std::map<std::string, std::string> users;  // lowercase name -> name
+        std::map<std::string, std::string> users;                 // lowercase name -> name
     };
     struct Job {  // for the worker thread
         enum Kind { claim, rename, release } kind;
@@ -293,7 +292,7 @@ private:
             return on_line(who, text);
         };
         server_.on_leave = [this, next = std::move(server_.on_leave)](const ClientInfo& who,
-                                                                       std::string_view reason) {
+                                                                      std::string_view reason) {
             auto it = locals_.find(who.id);
             if (it != locals_.end()) {
                 if (it->second.claim == Claim::claimed) publish("leave", {who.name, reason});
@@ -338,8 +337,8 @@ private:
         std::size_t count = 0;
         for (const auto& [seq, event] : kept_)
             if (seq >= first && seq <= last && nc_)
-                ++count, natsConnection_Publish(nc_, subject_.c_str(), event.data(),
-                                                int(event.size()));
+                ++count,
+                    natsConnection_Publish(nc_, subject_.c_str(), event.data(), int(event.size()));
         const std::uint64_t asked = last - first + 1;
         say("node " + node + " missed our events " + first_field + "-" + last_field + ": " +
             (count == asked ? "resent"
@@ -537,7 +536,7 @@ private:
         const int own = cluster_wire::arity(f[3], known);
         if (!known || (own >= 0 && f.size() != 4u + std::size_t(own)))
             return drop("an event of unknown kind or size from node " + f[0]);
-        const std::string node = f[0];  // a copy: f may move to the held events
+        const std::string node = f[0];      // a copy: f may move to the held events
         if (node == options_.node) return;  // our own echo (no_echo is on: this is a spare)
         const std::uint64_t seq = std::stoull(f[2]);
         if (seq == 0) return drop("an event numbered 0 from node " + node);
@@ -679,8 +678,7 @@ private:
             if (peer.users.count(key)) return node;
         return {};
     }
-    void announce_leave(const std::string& name, std::string_view reason,
-                        const std::string& node) {
+    void announce_leave(const std::string& name, std::string_view reason, const std::string& node) {
         --remote_users_;
         const std::string notice =
             name + (reason == "left" ? " left" : " left (" + std::string(reason) + ")");
@@ -883,8 +881,9 @@ private:
                 continue;
             }
             to_loop([this, id = lease.id, name = lease.name] {
-                server_.disconnect(id, "name lost: \"" + name + "\" was claimed on another "
-                                       "node while this one was away from NATS");
+                server_.disconnect(id, "name lost: \"" + name +
+                                           "\" was claimed on another node while this one "
+                                           "was away from NATS");
             });
             it = leases_.erase(it);
         }
@@ -936,7 +935,7 @@ private:
     bool publish_failed_ = false;
     std::deque<std::pair<std::uint64_t, std::string>> kept_;  // our last events, for resends
     std::size_t kept_bytes_ = 0;
-    static constexpr std::size_t max_early = 10000;  // events held after one node's gaps
+    static constexpr std::size_t max_early = 10000;         // events held after one node's gaps
     std::size_t buffered_events_ = 0, buffered_bytes_ = 0;  // published while disconnected
     std::function<bool(const ClientInfo&, std::string&)> next_line_;
     std::unordered_map<ClientId, Local> locals_;
