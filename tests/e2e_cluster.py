@@ -185,6 +185,24 @@ class ClusterTestCase(ChatTestCase):
         c.wait(lambda pairs: any(s == "server" and t.startswith(f"welcome, {name}!") for s, t in pairs), "welcome")
         return c
 
+    def wait_who(self, client, names, timeout=TIMEOUT):
+        """Waits until /who on client's node lists every one of `names`: that node knows them.
+        (Waiting for "x joined" instead would race: x's join can reach a node before the
+        client is in, and then the client never hears it.)"""
+        deadline = time.monotonic() + timeout
+        while True:
+            before = len(client.pairs)
+            client.send("/who")
+            client.wait(lambda pairs: any(s == "server" and " online" in t for s, t in pairs[before:]), "/who's answer")
+            with client.cond:
+                answer = next(t for s, t in client.pairs[before:] if s == "server" and " online" in t)
+            if set(names) <= set(answer.partition(": ")[2].split(", ")):
+                return
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{client.name}: /who lists {answer!r}, not all of {names}\n"
+                                     + self.describe_nodes())
+            time.sleep(0.1)
+
 
 class Room(ClusterTestCase):
     def test_messages_reach_every_other_client_once_in_order(self):
@@ -216,8 +234,8 @@ class Room(ClusterTestCase):
     def test_a_leave_reaches_the_other_nodes(self):
         ports = self.start_cluster()
         a1, b1 = self.join(ports["a"], "a1"), self.join(ports["b"], "b1")
-        b1.wait_notice("a1 joined")
-        a1.sock.close()
+        self.wait_who(b1, ["a1", "b1"])
+        a1.sock.shutdown(socket.SHUT_RDWR)  # close() alone sends nothing while a1's reader waits on it
         b1.wait_notice("a1 left", prefix=True)  # with the reason a1's node gives
         self.join(ports["a"], "a2")
         b1.wait_notice("a2 joined")
@@ -231,7 +249,7 @@ class Names(ClusterTestCase):
         ports = self.start_cluster()
         alice = self.join(ports["a"], "alice")
         other = self.join(ports["b"], "bob")
-        other.wait_notice("alice joined")
+        self.wait_who(other, ["alice", "bob"])
         s = self.raw_connect(ports["b"], "ALICE")
         data = recv_until_closed(s)
         self.assertIn(b'name refused: the name "ALICE" is taken', data)
@@ -353,7 +371,7 @@ class BadInput(ClusterTestCase):
     def test_malformed_oversized_and_forged_events_are_logged_and_dropped(self):
         ports = self.start_cluster(("a", "b"))
         a1, b1 = self.join(ports["a"], "a1"), self.join(ports["b"], "b1")
-        b1.wait_notice("a1 joined")
+        self.wait_who(b1, ["a1", "b1"])
         nats_publish(self.nats_ports[1], "chatsock.lobby.events", [
             b"hello",                                               # not an event
             b"CS1 4:evil",                                          # too few fields
@@ -504,7 +522,7 @@ class Auth(ClusterTestCase):
             self.nodes[n].wait_for("is ready", timeout=CLUSTER_UP)
             self.nodes[n].wait_for(f"node {other} is in the cluster", timeout=CLUSTER_UP)
         a1, b1 = self.join(ports["a"], "a1"), self.join(ports["b"], "b1")
-        b1.wait_notice("a1 joined")
+        self.wait_who(b1, ["a1", "b1"])
         a1.send("with credentials")
         b1.wait(lambda pairs: ("a1", "with credentials") in pairs, "a message across nodes")
         for env in ({**good, "CHATSOCK_NATS_PASSWORD": "wrong"}, {}):
@@ -536,8 +554,7 @@ class Startup(ClusterTestCase):
         self.nodes["a"].wait_for("is ready", timeout=CLUSTER_UP)
         port_b = self.start_node("b", f"nats://{HOST}:{nats_port}")
         z = self.join(port_b, "z")
-        z.wait_notice("x joined", timeout=CLUSTER_UP)  # a's users, claimed once NATS came
-        z.wait_notice("y joined")
+        self.wait_who(z, ["x", "y", "z"], timeout=CLUSTER_UP)  # a's users, claimed once NATS came
         x.send("together now")
         z.wait(lambda pairs: ("x", "together now") in pairs, "a message across nodes")
 
