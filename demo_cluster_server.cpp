@@ -4,6 +4,7 @@
 //                             -o demo_cluster_server -lnats -pthread)
 //   Run:    ./demo_cluster_server HOST PORT LOGFILE NATS-URLS NODE
 //           ./demo_cluster_server 127.0.0.1 1234 log-a nats://127.0.0.1:4222,nats://127.0.0.1:4223 a
+//           ./demo_cluster_server --no-flood-control HOST ...   flood control off (benchmarks)
 //
 // NATS-URLS is a comma-separated list, tried in order; NODE names this node, uniquely in the
 // cluster. Users on every node share one room, with unique names. docs/CLUSTER.md tells more.
@@ -29,9 +30,12 @@ static std::string env(const char* name) {
 
 int main(int argc, char** argv) {
     std::vector<std::string> args = chatsock::command_line(argc, argv);
-    if (args.size() != 6)
-        return fail("usage: demo_cluster_server HOST PORT LOGFILE NATS-URLS NODE", 2);
     chatsock::ServerOptions options;
+    if (args.size() > 1 && args[1] == "--no-flood-control")
+        options.no_flood_control(), args.erase(args.begin() + 1);
+    if (args.size() != 6)
+        return fail(
+            "usage: demo_cluster_server [--no-flood-control] HOST PORT LOGFILE NATS-URLS NODE", 2);
     options.host = args[1];
     options.log_path = args[3];
     if (!chatsock::parse_port(args[2], options.port))

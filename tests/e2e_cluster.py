@@ -133,16 +133,16 @@ class ClusterTestCase(ChatTestCase):
         n.wait_for("Server is ready", stream="err")
         return n, port
 
-    def start_node(self, node, urls, env=None):
-        p = self.spawn([NODE_SERVER, HOST, 0, f"{node}.log", urls, node], stdin=DEVNULL, label=f"node[{node}]",
-                       env=env)
+    def start_node(self, node, urls, env=None, flags=()):
+        p = self.spawn([NODE_SERVER, *flags, HOST, 0, f"{node}.log", urls, node], stdin=DEVNULL,
+                       label=f"node[{node}]", env=env)
         port = int(p.wait_for(re.compile(rb"listening on 127\.0\.0\.1:(\d+)")).group(1))
         self.nodes[node] = p
         return port
 
-    def start_cluster(self, nodes=("a", "b", "c"), env=None):
+    def start_cluster(self, nodes=("a", "b", "c"), env=None, flags=()):
         """Three routed nats-servers and one chatsock node on each, which lists its own first and
-        then the others (env: for the nodes); returns {node: port}."""
+        then the others (env, flags: for the nodes); returns {node: port}."""
         client_ports = [free_port() for _ in nodes]
         route_ports = [free_port() for _ in nodes]
         routes = ",".join(f"nats://{HOST}:{p}" for p in route_ports)
@@ -153,7 +153,7 @@ class ClusterTestCase(ChatTestCase):
         self.nodes, ports = {}, {}
         for i, node in enumerate(nodes):
             ports[node] = self.start_node(node, ",".join(f"nats://{HOST}:{client_ports[(i + k) % len(nodes)]}"
-                                                         for k in range(len(nodes))), env)
+                                                         for k in range(len(nodes))), env, flags)
         for node, p in self.nodes.items():
             p.wait_for("is ready", timeout=CLUSTER_UP)  # the names bucket
             for other in nodes:
@@ -242,6 +242,21 @@ class Room(ClusterTestCase):
         self.nodes["a"].signal(signal.SIGTERM)  # a clean stop: its users leave, then it exits
         b1.wait_notice("a2 left (server stopping)")
         self.assertEqual(self.nodes["a"].wait(), 0, self.nodes["a"].describe())
+
+
+class FloodControl(ClusterTestCase):
+    def test_no_flood_control_turns_it_off(self):
+        """demo_cluster_server --no-flood-control, as demo_server's (bench/cluster.sh runs the
+        nodes so): 3,000 messages at once are read without a hold, so no "slow down" notice
+        (with flood control on, 500 a second with a second's burst, they would be held 5 s)."""
+        ports = self.start_cluster(("a", "b"), flags=["--no-flood-control"])
+        fast, reader = self.join(ports["a"], "fast"), self.join(ports["b"], "reader")
+        fast.wait_notice("reader joined")
+        fast.sock.sendall(b"".join(frame(f"f{i}") for i in range(3000)))
+        reader.wait(lambda pairs: ("fast", "f2999") in pairs, "all 3000", timeout=2 * TIMEOUT)
+        self.assertEqual(reader.messages(), [("fast", f"f{i}") for i in range(3000)])
+        time.sleep(0.5)
+        self.assertFalse(any(s == "server" and t.startswith("slow down") for s, t in fast.pairs), fast.pairs)
 
 
 class Names(ClusterTestCase):
