@@ -1,6 +1,7 @@
 # chatsock — build the demos, run the tests.
 #   make              build demo_server and demo_client
-#   make test         build and run every test (unit, in-process, end-to-end, interop)
+#   make test         build and run every test (unit, in-process, end-to-end, interop); where
+#                     libnats is installed it builds demo_cluster_server too, for e2e_cluster.py
 #   make sanitize     the unit and in-process tests under ASan + UBSan
 #   make valgrind     the server, client and web in-process tests under valgrind (memcheck)
 #   make tsan         Server::post() from 8 threads under ThreadSanitizer
@@ -96,7 +97,9 @@ $(BIN)/win_vista_check: chatsock.hpp | $(BIN)
 test-windows: windows all $(BIN)/win_vista_check
 	bash tests/run_windows.sh
 
-test: all $(BIN)/unit $(BIN)/unit_poll $(BIN)/attack_server
+# `cluster` builds demo_cluster_server where libnats is installed, else says why not (and
+# tests/e2e_cluster.py then skips its tests, saying why).
+test: all cluster $(BIN)/unit $(BIN)/unit_poll $(BIN)/attack_server
 	bash tests/run.sh
 
 # The mutation register: every one-line bug in tests/mutations.txt, planted alone in a copy of

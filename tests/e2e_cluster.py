@@ -5,6 +5,9 @@ one demo_cluster_server attached to each, framed clients on every node. Ends wit
 "RESULT passed=N failed=M"; skipped where nats-server or libnats is not installed.
 
     python3 tests/e2e_cluster.py          (builds demo_cluster_server with make cluster)
+
+`make test` runs it through tests/run.sh, after building demo_cluster_server (its `cluster`
+prerequisite); .ci/run installs nats-server and libnats-dev, so CI runs every test here.
 """
 import os
 import re
