@@ -11,6 +11,10 @@ that is neither (a new one, or an old one edited) fails the run. What is run:
                                          an .exe runs under wine (status 53 from wine: a DLL it
                                          needs is missing, the failure to catch)
     make [demo_server|demo_client|all]   run as written; the programs built must start, as above
+    make cluster                         run as written; demo_cluster_server must be built and
+                                         start: it rejects a bad port (status 2), and with NATS
+                                         unreachable (a closed port) it serves its local room:
+                                         listens, a client joins, SIGINT stops it with status 0
     sudo apt-get install -y PACKAGES     run as written. As root without sudo, run without the
                                          word sudo, as README tells root to; as a user whose sudo
                                          wants a password, not run (the rest of the line is)
@@ -76,7 +80,8 @@ SKIPPED = {
 
 COMPILERS = ("g++", "clang++", "x86_64-w64-mingw32-g++")
 FAST_MAKE_TARGETS = {"all": ("demo_server", "demo_client"),
-                     "demo_server": ("demo_server",), "demo_client": ("demo_client",)}
+                     "demo_server": ("demo_server",), "demo_client": ("demo_client",),
+                     "cluster": ("demo_cluster_server",)}
 SERVER_DEFAULT = ("127.0.0.1", 1234)
 LINE_TIMEOUT = 300          # one line: an install, builds
 START_TIMEOUT = 20          # a native program to start, listen or exit
@@ -264,6 +269,13 @@ def port_free(host, port):
             return False
 
 
+def closed_port():
+    """A loopback port nothing listens on (the OS picked it, then it was closed)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def frame(text):
     data = text.encode()
     return f"{len(data):<10}".encode() + data
@@ -376,8 +388,14 @@ class Runner:
         argv0 = path if exe else "./" + name
         timeout = WINE_TIMEOUT if exe else START_TIMEOUT
         what = ("wine " if exe else "") + name
+        # demo_cluster_server also takes a log, NATS URLs and a node name: NATS on a closed
+        # port, so it serves its local room only (it says so, and joins NATS if it appears).
+        cluster = base == "demo_cluster_server"
+        nats = ["nats://127.0.0.1:%d" % closed_port(), "readme"] if cluster else []
         # A bad port: the program's own message and status 2, so it got as far as main().
-        g = self.started(prefix + [argv0, "127.0.0.1", "not-a-port"], base + "-badport")
+        g = self.started(prefix + [argv0, "127.0.0.1", "not-a-port"]
+                         + ([os.path.join(self.work, "check.log")] + nats if cluster else []),
+                         base + "-badport")
         try:
             rc = g.wait(timeout)
             if rc is None:
@@ -390,13 +408,16 @@ class Runner:
                               f"'is not a port number'\n" + tail(g.output()))
         finally:
             g.stop()
-        if not base.startswith("demo_server"):
+        if not base.startswith("demo_server") and not cluster:
             return
         # A server: listens on a port the OS picks, a client joins, SIGINT stops it cleanly.
-        g = self.started(prefix + [argv0, "127.0.0.1", "0", os.path.join(self.work, "check.log")],
-                         base + "-listen")
+        g = self.started(prefix + [argv0, "127.0.0.1", "0", os.path.join(self.work, "check.log")]
+                         + nats, base + "-listen")
         try:
             port = wait_listening(g, timeout, what)
+            if cluster and b"serving the local room only" not in g.output():
+                raise Failure(f"{what}, NATS unreachable, did not say it serves its local room "
+                              f"only\n" + tail(g.output()))
             join_once(port)
             stop_server(g, what)
         finally:
