@@ -3,6 +3,7 @@
 //
 //   Build:  make bench           (g++ -std=c++17 -O2 bench/chatsock_bench.cpp -o bench/chatsock_bench)
 //   Run:    bench/chatsock_bench --port 1234 --clients 50 --messages 2000 --size 64
+//           bench/chatsock_bench --ports 4001,4002,4003 ...   one room over several servers
 //
 // One thread, non-blocking sockets, one epoll set. The bench does not use chatsock.hpp: it speaks
 // the protocol itself, so it measures the server and not the library's client.
@@ -23,6 +24,12 @@
 //              by their first bytes, interleaved (frames, lines, websocket, frames, ...); it sets
 //              --clients. Every delivery is checked as above, whatever kind sent or received it.
 //              The JSON line adds, per kind: clients, deliveries received and latency p50/p99.
+//   --ports P1,P2,...   (chatsock only) the room is spread over several servers that share it,
+//              such as the nodes of a cluster (bench/cluster.sh): client i connects to port
+//              P(i mod K). Every delivery is checked as above, wherever sender and receiver are.
+//              A server's welcome counts only its own users; before measuring, the bench waits
+//              for at least N(N-1)/2 "X joined" notices in all (each pair of clients: one of the
+//              two hears of the other) unless a welcome says joins are not announced.
 //
 // FLOW CONTROL (--window W)
 //   A sender may have at most W messages that have not yet been received by ALL N-1 other
@@ -249,6 +256,21 @@ ProcSample sample_process(long pid) {
     return s;
 }
 
+// Several server processes (--server-pid P1,P2,...): their figures summed.
+ProcSample sample_processes(const std::vector<long>& pids) {
+    ProcSample sum;
+    for (std::size_t i = 0; i < pids.size(); ++i) {
+        const ProcSample s = sample_process(pids[i]);
+        if (i == 0) sum = s;
+        else {
+            sum.rss_kb = sum.rss_kb < 0 || s.rss_kb < 0 ? -1 : sum.rss_kb + s.rss_kb;
+            sum.hwm_kb = sum.hwm_kb < 0 || s.hwm_kb < 0 ? -1 : sum.hwm_kb + s.hwm_kb;
+            sum.cpu_s = sum.cpu_s < 0 || s.cpu_s < 0 ? -1 : sum.cpu_s + s.cpu_s;
+        }
+    }
+    return sum;
+}
+
 double self_cpu_s() {
     rusage ru{};
     getrusage(RUSAGE_SELF, &ru);
@@ -283,7 +305,9 @@ struct Options {
     std::size_t raw_broadcast = 0;  // K connections for --raw-broadcast; 0: not that mode
     int writer_cpu = -1;            // pin the forked writer of --raw-broadcast to this CPU
     Proto proto = Proto::chatsock;
-    long server_pid = 0;
+    long server_pid = 0;            // the first of server_pids
+    std::vector<long> server_pids;  // --server-pid P1,P2,...: figures summed over them
+    std::vector<int> ports;         // --ports P1,P2,...: client i connects to P(i mod K)
     std::size_t connect_batch = 256;
     std::string label;
     std::string mix;                     // --mix as given; empty: not a mixed room
@@ -295,6 +319,7 @@ void usage() {
         "usage: chatsock_bench [options]\n"
         "  --host H            server address (127.0.0.1)\n"
         "  --port P            server port (1234)\n"
+        "  --ports P1,P2,...   several servers sharing one room: client i connects to P(i mod K)\n"
         "  --clients N         connections (2)\n"
         "  --messages M        messages per client (1000)\n"
         "  --size S            payload bytes, >= 32 (64)\n"
@@ -312,7 +337,8 @@ void usage() {
         "  --proto P           chatsock | classic | redis (chatsock)\n"
         "  --mix frames:A,lines:B,websocket:C\n"
         "                      a room of A+B+C clients of those kinds; sets --clients\n"
-        "  --server-pid PID    sample the server's RSS and CPU time from /proc\n"
+        "  --server-pid PID    sample the server's RSS and CPU time from /proc (PID1,PID2,...:\n"
+        "                      several servers, their figures summed)\n"
         "  --connect-batch K   connections being set up at once (256)\n"
         "  --label TEXT        copied into the JSON line\n",
         stderr);
@@ -354,8 +380,21 @@ Options parse_options(int argc, char** argv) {
             o.raw_streams = std::max<std::size_t>(1, static_cast<std::size_t>(number()));
         else if (a == "--raw-chunk")
             o.raw_chunk = std::max<std::size_t>(1, static_cast<std::size_t>(number()));
-        else if (a == "--server-pid") o.server_pid = static_cast<long>(number());
-        else if (a == "--connect-batch")
+        else if (a == "--server-pid" || a == "--ports") {
+            const std::string list = value();
+            for (std::size_t at = 0; at <= list.size();) {
+                const std::size_t comma = std::min(list.find(',', at), list.size());
+                const std::string item = list.substr(at, comma - at);
+                char* end = nullptr;
+                const long v = std::strtol(item.c_str(), &end, 10);
+                if (item.empty() || *end || v < 1) die(("bad " + a + ": " + list).c_str());
+                if (a == "--ports") o.ports.push_back(static_cast<int>(v));
+                else o.server_pids.push_back(v);
+                at = comma + 1;
+            }
+            if (a == "--ports") o.port = o.ports[0];
+            else o.server_pid = o.server_pids[0];
+        } else if (a == "--connect-batch")
             o.connect_batch = std::max<std::size_t>(1, static_cast<std::size_t>(number()));
         else if (a == "--label") o.label = value();
         else if (a == "--mix") {
@@ -396,6 +435,10 @@ Options parse_options(int argc, char** argv) {
         o.clients = 0;
         for (std::size_t count : o.mix_count) o.clients += count;
     }
+    if (o.ports.empty()) o.ports.push_back(o.port);
+    if (o.ports.size() > 1 && o.proto != Proto::chatsock) die("--ports needs --proto chatsock");
+    for (int port : o.ports)
+        if (port > 65535) die("--ports: a port must be 1..65535");
     if (o.port < 1 || o.port > 65535) {
         if (!o.raw) die("--port must be 1..65535");
     }
@@ -807,8 +850,8 @@ private:
 
     Options o_;
     std::size_t n_;
-    sockaddr_storage addr_{};
-    socklen_t addr_len_ = 0;
+    std::vector<sockaddr_storage> addrs_;  // one per --ports entry; client i uses i mod K
+    std::vector<socklen_t> addr_lens_;
     int ep_ = -1;
     int timer_fd_ = -1;
     std::vector<Client> clients_;
@@ -824,6 +867,7 @@ private:
     std::size_t connect_errors_ = 0, refused_ = 0, disconnected_ = 0, protocol_errors_ = 0;
     std::uint64_t join_notices_ = 0, leave_notices_ = 0, other_notices_ = 0;
     std::uint64_t join_notices_expected_ = 0;  // what the welcomes promised
+    bool unannounced_ = false;                 // a welcome said joins are not announced
     std::uint64_t corrupt_ = 0, order_violations_ = 0, received_ = 0, stray_ = 0;
     std::uint64_t publish_mismatch_ = 0;
     bool measuring_ = false;
@@ -854,13 +898,16 @@ void Bench::resolve() {
     addrinfo hints{};
     hints.ai_family = AF_UNSPEC;
     hints.ai_socktype = SOCK_STREAM;
-    addrinfo* list = nullptr;
-    std::string port = std::to_string(o_.port);
-    if (getaddrinfo(o_.host.c_str(), port.c_str(), &hints, &list) != 0 || !list)
-        die("cannot resolve --host");
-    std::memcpy(&addr_, list->ai_addr, list->ai_addrlen);
-    addr_len_ = list->ai_addrlen;
-    freeaddrinfo(list);
+    for (int p : o_.ports) {
+        addrinfo* list = nullptr;
+        std::string port = std::to_string(p);
+        if (getaddrinfo(o_.host.c_str(), port.c_str(), &hints, &list) != 0 || !list)
+            die("cannot resolve --host");
+        addrs_.emplace_back();
+        std::memcpy(&addrs_.back(), list->ai_addr, list->ai_addrlen);
+        addr_lens_.push_back(list->ai_addrlen);
+        freeaddrinfo(list);
+    }
 }
 
 void Bench::set_interest(Client& c, std::uint32_t events) {
@@ -873,7 +920,8 @@ void Bench::set_interest(Client& c, std::uint32_t events) {
 }
 
 void Bench::start_connect(Client& c) {
-    c.fd = socket(addr_.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    const std::size_t server = c.index % addrs_.size();
+    c.fd = socket(addrs_[server].ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     if (c.fd < 0) {
         if (connect_errors_++ < 3)
             std::fprintf(stderr, "chatsock_bench: socket: %s\n", std::strerror(errno));
@@ -883,7 +931,7 @@ void Bench::start_connect(Client& c) {
     }
     int one = 1;
     setsockopt(c.fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-    int rc = connect(c.fd, reinterpret_cast<sockaddr*>(&addr_), addr_len_);
+    int rc = connect(c.fd, reinterpret_cast<sockaddr*>(&addrs_[server]), addr_lens_[server]);
     if (rc != 0 && errno != EINPROGRESS) {
         if (connect_errors_++ < 3)
             std::fprintf(stderr, "chatsock_bench: connect: %s\n", std::strerror(errno));
@@ -922,7 +970,8 @@ void Bench::queue_handshake(Client& c) {
     } else if (c.kind == Kind::lines) {
         c.out += tag_ + "_" + std::to_string(c.index) + "\n";
     } else {  // the name goes once the 101 is in (parse_websocket), as a browser waits for it
-        c.out += "GET / HTTP/1.1\r\nHost: " + o_.host + ":" + std::to_string(o_.port) +
+        c.out += "GET / HTTP/1.1\r\nHost: " + o_.host + ":" +
+                 std::to_string(o_.ports[c.index % o_.ports.size()]) +
                  "\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
                  "Sec-WebSocket-Key: " +
                  std::string(websocket_key) + "\r\nSec-WebSocket-Version: 13\r\n\r\n";
@@ -1166,6 +1215,7 @@ void Bench::handle_notice(Client& c, std::string_view text) {
              i < text.size() && text[i] >= '0' && text[i] <= '9'; ++i)
             others = others * 10 + static_cast<unsigned>(text[i] - '0');
         if (text.find("not announced") == std::string_view::npos) join_notices_expected_ += others;
+        else unannounced_ = true;
         mark_joined(c);
     } else if (ends_with(" joined") && text.rfind(tag_ + "_", 0) == 0) {
         ++join_notices_;
@@ -1599,7 +1649,7 @@ int Bench::run() {
         ring_.assign(n_ * window_, 0);
     }
 
-    const ProcSample server_start = sample_process(o_.server_pid);
+    const ProcSample server_start = sample_processes(o_.server_pids);
     const double bench_cpu0 = self_cpu_s();
     const std::uint64_t t_start = now_ns();
     deadline_ = t_start + static_cast<std::uint64_t>(o_.timeout * 1e9);
@@ -1632,12 +1682,17 @@ int Bench::run() {
 
     // 2. chatsock: let the "X joined" notices finish, so they are not part of the measurement.
     if (o_.proto == Proto::chatsock && !timed_out) {
-        const std::uint64_t want = join_notices_expected_;
+        std::uint64_t want = join_notices_expected_;
+        // Several servers sharing the room (--ports): each welcome counts its own server's users
+        // only; of each pair of clients, one at least hears of the other (whichever joined
+        // first sees the other's join arrive, from its server or over the cluster).
+        if (addrs_.size() > 1 && !unannounced_)
+            want = std::max<std::uint64_t>(want, static_cast<std::uint64_t>(n_) * (n_ - 1) / 2);
         while (join_notices_ < want && !deadline_passed()) pump(50);
         if (join_notices_ < want) timed_out = true;
     }
     const std::uint64_t t_settled = now_ns();
-    const ProcSample server_loaded = sample_process(o_.server_pid);
+    const ProcSample server_loaded = sample_processes(o_.server_pids);
 
     // 3. Measure.
     std::uint64_t expected = 0;
@@ -1706,7 +1761,7 @@ int Bench::run() {
     const std::uint64_t t_end = o_.idle && broadcast_done ? broadcast_done : now_ns();
     measuring_ = false;
     if (received_ + corrupt_ < expected && deadline_passed()) timed_out = true;
-    const ProcSample server_end = sample_process(o_.server_pid);
+    const ProcSample server_end = sample_processes(o_.server_pids);
     const double bench_cpu = self_cpu_s() - bench_cpu0;
 
     // 4. Report.
@@ -1781,8 +1836,11 @@ int Bench::run() {
     j.num("lat_ready_p50_us", static_cast<double>(ready_latency_.percentile(0.50)) / 1e3, 1);
     j.num("lat_ready_p99_us", static_cast<double>(ready_latency_.percentile(0.99)) / 1e3, 1);
     j.num("bench_cpu_s", bench_cpu, 3);
+    if (o_.ports.size() > 1) j.integer("servers", static_cast<long long>(o_.ports.size()));
     if (o_.server_pid > 0) {
         j.integer("server_pid", o_.server_pid);
+        if (o_.server_pids.size() > 1)  // the server_ figures below are their sums
+            j.integer("server_pids", static_cast<long long>(o_.server_pids.size()));
         j.integer("server_rss_start_kb", server_start.rss_kb);
         j.integer("server_rss_loaded_kb", server_loaded.rss_kb);
         j.integer("server_rss_end_kb", server_end.rss_kb);
