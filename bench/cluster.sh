@@ -192,7 +192,7 @@ BUSY=$(echo "$BUSY" | tr '\n' ' ' | awk '{ d = $4 - $2; print (d > 0 ? int(100 *
 {
     echo "date: $(date -u +%Y-%m-%dT%H:%M:%SZ)"
     echo "host: $(uname -srm), $(nproc) cores, $(awk '/MemTotal/ {print int($2/1024) " MiB"}' /proc/meminfo)"
-    echo "git: $(git rev-parse --short HEAD 2>/dev/null)$(git diff --quiet HEAD 2>/dev/null || echo ' (modified)')"
+    echo "git: $(git rev-parse --short HEAD 2>/dev/null)$(git diff --quiet HEAD -- . ':!*.md' 2>/dev/null || echo ' (modified)')"
     echo "nats-server: $(nats-server --version 2>&1)"
     echo "pinning: $PIN_NOTE"
     echo "CPUs busy before the runs: $BUSY%"
@@ -247,9 +247,11 @@ runs = {w: sum(1 for r in rows if r["workload"] == w and r["setup"] == "one") fo
 print(f"\nc30 and latency: the median of {runs['c30']} run{'s' if runs['c30'] != 1 else ''} each; idle: one run, on fresh servers."
       + (f" Failed runs (left out): {', '.join(failed)}." if failed else " Every run passed: every delivery checked."))
 EOF
-# What the nodes said that a run should not cause: a node counted lost, events missed, renewals
-# failed, events dropped.
-if grep -hE 'node lost|missed [0-9]+ events|could not renew|dropped|unavailable' "$OUT"/*-node-*.out > "$OUT/warnings.txt"; then
+# What the nodes said, once ready, that a run should not cause: a node counted lost, events
+# missed, renewals failed, events dropped, the names bucket lost.
+if awk '/names bucket .* is ready/ { ready[FILENAME] = 1; next }
+        ready[FILENAME] && /node lost|missed [0-9]+ events|could not renew|dropped|unavailable/' \
+        "$OUT"/*-node-*.out > "$OUT/warnings.txt" && [ -s "$OUT/warnings.txt" ]; then
     note "cluster.sh: the nodes said (all in $OUT/warnings.txt):"; head -5 "$OUT/warnings.txt" >&2
 else
     note "the nodes said nothing of lost nodes, missed events, failed renewals or dropped events"
