@@ -7,25 +7,18 @@
 //           ./demo_cluster_server --no-flood-control HOST ...   flood control off (benchmarks)
 //
 // NATS-URLS is a comma-separated list, tried in order; NODE names this node, uniquely in the
-// cluster. Users on every node share one room, with unique names. docs/CLUSTER.md tells more.
-// From the environment: CHATSOCK_NATS_REPLICAS, the names bucket's copies (1 to 5; default 1,
-// 3 survives the loss of a NATS server); CHATSOCK_NATS_USER and CHATSOCK_NATS_PASSWORD, or
-// CHATSOCK_NATS_TOKEN, when the NATS servers want credentials.
+// cluster. Users on every node share one room, with unique names. From the environment:
+// CHATSOCK_NATS_USER and CHATSOCK_NATS_PASSWORD, or CHATSOCK_NATS_TOKEN; CHATSOCK_NATS_REPLICAS,
+// the names bucket's copies (3 survives the loss of a NATS server). docs/CLUSTER.md tells more.
 #include "chatsock.hpp"
 #include "cluster/chatsock_cluster.hpp"
 
-#include <cstdlib>
 #include <string>
 #include <vector>
 
 static int fail(const std::string& why, int status) {
     chatsock::write_text(stderr, "demo_cluster_server: " + why + "\n");
     return status;
-}
-
-static std::string env(const char* name) {
-    const char* value = std::getenv(name);
-    return value ? value : "";
 }
 
 int main(int argc, char** argv) {
@@ -44,21 +37,11 @@ int main(int argc, char** argv) {
         chatsock::write_text(stdout, std::string(line) + "\n");
     };
     chatsock::ClusterOptions cluster_options;
-    for (std::size_t at = 0; at <= args[4].size();) {  // "url1,url2"
-        const std::size_t comma = std::min(args[4].find(',', at), args[4].size());
-        if (comma > at) cluster_options.servers.push_back(args[4].substr(at, comma - at));
-        at = comma + 1;
-    }
+    cluster_options.set_servers(args[4]);
     cluster_options.node = args[5];
     cluster_options.commands = true;  // enable_commands is on: /who, /msg, /me, /nick span nodes
-    cluster_options.user = env("CHATSOCK_NATS_USER");
-    cluster_options.password = env("CHATSOCK_NATS_PASSWORD");
-    cluster_options.token = env("CHATSOCK_NATS_TOKEN");
-    if (std::string replicas = env("CHATSOCK_NATS_REPLICAS"); !replicas.empty()) {
-        if (replicas.size() != 1 || replicas[0] < '1' || replicas[0] > '5')
-            return fail("CHATSOCK_NATS_REPLICAS must be 1 to 5, not '" + replicas + "'", 2);
-        cluster_options.replicas = replicas[0] - '0';
-    }
+    if (std::string problem = cluster_options.read_environment(); !problem.empty())
+        return fail(problem, 2);
 
     chatsock::Server server(options);
     chatsock::enable_commands(server);  // before the cluster, which wraps the callbacks

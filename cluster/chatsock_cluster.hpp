@@ -38,6 +38,7 @@
 #define CHATSOCK_CLUSTER_HPP
 
 #include "../chatsock.hpp"
+#include "cluster_wire.hpp"
 
 #include <nats/nats.h>
 
@@ -46,6 +47,7 @@
 #include <cctype>
 #include <condition_variable>
 #include <cstdio>
+#include <cstdlib>
 #include <deque>
 #include <functional>
 #include <map>
@@ -86,77 +88,42 @@ struct ClusterOptions {
     // Set when enable_commands(server) is on (call it before start()): /who, /msg, /me and
     // /nick then span the cluster. Off, the add-on leaves commands to the core alone.
     bool commands = false;
-};
 
-// The events on the bus: a versioned, length-checked text encoding, no JSON. An event is
-// "CS1" followed by its fields, each as " <length>:<bytes>" (the length in decimal, at most 7
-// digits), so any byte may appear in a field. The first four fields are always the node, its
-// boot id (hex), its sequence number (decimal) and the kind; the kind's own fields follow:
-//   hb                  heartbeat             who                  "send me your users"
-//   roster NAME...      users present         join NAME            leave NAME REASON
-//   msg NAME TEXT       a message             action NAME TEXT     "/me TEXT"
-//   private FROM TO TEXT  "/msg TO TEXT"      nick OLD NEW         "/nick NEW"
-//   resend NODE FIRST LAST  "NODE: publish your events FIRST..LAST again, I missed them"
-namespace cluster_wire {
-constexpr std::string_view version = "CS1";
-constexpr std::size_t max_event = 256 * 1024;  // longer events are dropped unread
-constexpr std::size_t max_fields = 4 + 1024;
-
-inline void put(std::string& out, std::string_view field) {
-    out.append(1, ' ').append(std::to_string(field.size())).append(1, ':').append(field);
-}
-// Splits an event into its fields; false when it is not a well-formed event.
-inline bool split(std::string_view in, std::vector<std::string>& fields) {
-    if (in.size() > max_event || in.substr(0, version.size()) != version) return false;
-    for (std::size_t at = version.size(); at < in.size();) {
-        if (in[at++] != ' ' || fields.size() == max_fields) return false;
-        std::size_t length = 0, digits = 0;
-        for (; at < in.size() && in[at] >= '0' && in[at] <= '9' && digits < 7; ++at, ++digits)
-            length = length * 10 + std::size_t(in[at] - '0');
-        if (digits == 0 || at == in.size() || in[at++] != ':' || length > in.size() - at)
-            return false;
-        fields.emplace_back(in.substr(at, length));
-        at += length;
+    // "nats://a:4222,nats://b:4222" (a command line's form): the servers, tried in that order.
+    void set_servers(std::string_view list) {
+        servers.clear();
+        for (std::size_t at = 0; at <= list.size();) {
+            const std::size_t comma = std::min(list.find(',', at), list.size());
+            if (comma > at) servers.emplace_back(list.substr(at, comma - at));
+            at = comma + 1;
+        }
     }
-    return true;
-}
-// Node and room names: 1-32 of A-Z a-z 0-9 _ - (safe in NATS subjects and bucket names).
-inline bool is_token(std::string_view s) {
-    if (s.empty() || s.size() > 32) return false;
-    for (char c : s)
-        if (!std::isalnum(static_cast<unsigned char>(c)) && c != '_' && c != '-') return false;
-    return true;
-}
-inline bool is_number(std::string_view s, bool hex) {
-    if (s.empty() || s.size() > (hex ? 16 : 19)) return false;
-    for (char c : s)
-        if (!std::isdigit(static_cast<unsigned char>(c)) &&
-            !(hex && std::isxdigit(static_cast<unsigned char>(c))))
-            return false;
-    return true;
-}
-// How many fields of its own each kind has (-1: any number); 0 for an unknown kind too.
-inline int arity(std::string_view kind, bool& known) {
-    static const std::map<std::string_view, int> kinds = {
-        {"hb", 0},  {"who", 0},    {"roster", -1}, {"join", 1}, {"leave", 2},
-        {"msg", 2}, {"action", 2}, {"private", 3}, {"nick", 2}, {"resend", 3}};
-    auto it = kinds.find(kind);
-    known = it != kinds.end();
-    return known ? it->second : 0;
-}
-// A name's key in the bucket: its ASCII-lowercase form in hex (keys allow few characters).
-inline std::string name_key(std::string_view name) {
-    static const char digits[] = "0123456789abcdef";
-    std::string key = "n.";
-    for (unsigned char c : detail::ascii_lower(name)) key += digits[c >> 4], key += digits[c & 15];
-    return key;
-}
-}  // namespace cluster_wire
+    // The settings a deployment keeps out of the command line: CHATSOCK_NATS_USER and
+    // CHATSOCK_NATS_PASSWORD, or CHATSOCK_NATS_TOKEN; CHATSOCK_NATS_REPLICAS (1 to 5). Empty
+    // when they are fine, else what is wrong.
+    std::string read_environment() {
+        auto env = [](const char* name) -> std::string {
+            const char* value = std::getenv(name);
+            return value ? value : "";
+        };
+        user = env("CHATSOCK_NATS_USER"), password = env("CHATSOCK_NATS_PASSWORD");
+        token = env("CHATSOCK_NATS_TOKEN");
+        const std::string copies = env("CHATSOCK_NATS_REPLICAS");
+        if (copies.empty()) return {};
+        if (copies.size() != 1 || copies[0] < '1' || copies[0] > '5')
+            return "CHATSOCK_NATS_REPLICAS must be 1 to 5, not '" + copies + "'";
+        replicas = copies[0] - '0';
+        return {};
+    }
+};
 
 class Cluster {
 public:
     Cluster(Server& server, ClusterOptions options)
-        : server_(server), options_(std::move(options)), alive_(std::make_shared<char>()) {
+        : server_(server),
+          options_(std::move(options)),
+          alive_(std::make_shared<char>()),
+          alive_weak_(alive_) {
         std::random_device seed;
         char hex[17];
         std::snprintf(hex, sizeof hex, "%08x%08x", unsigned(seed()), unsigned(seed()));
@@ -529,17 +496,11 @@ private:
 
     void on_event(const std::string& data) {
         std::vector<std::string> f;
-        bool known = false;
-        if (!cluster_wire::split(data, f) || f.size() < 4 || !cluster_wire::is_token(f[0]) ||
-            !cluster_wire::is_number(f[1], true) || !cluster_wire::is_number(f[2], false))
-            return drop("a malformed event of " + std::to_string(data.size()) + " bytes");
-        const int own = cluster_wire::arity(f[3], known);
-        if (!known || (own >= 0 && f.size() != 4u + std::size_t(own)))
-            return drop("an event of unknown kind or size from node " + f[0]);
+        if (std::string problem = cluster_wire::decode(data, f); !problem.empty())
+            return drop(problem);
         const std::string node = f[0];      // a copy: f may move to the held events
         if (node == options_.node) return;  // our own echo (no_echo is on: this is a spare)
         const std::uint64_t seq = std::stoull(f[2]);
-        if (seq == 0) return drop("an event numbered 0 from node " + node);
         Peer& peer = peers_[node];
         if (peer.boot != f[1]) {  // a node we did not know, or one that restarted
             if (!peer.boot.empty()) forget(node, peer, "node restarted");
@@ -740,7 +701,7 @@ private:
     }
     // Runs `task` on the loop's thread, unless this Cluster is gone by then.
     void to_loop(std::function<void()> task) {
-        server_.post([alive = std::weak_ptr<char>(alive_), task = std::move(task)] {
+        server_.post([alive = alive_weak_, task = std::move(task)] {
             if (alive.lock()) task();
         });
     }
@@ -922,8 +883,9 @@ private:
 
     Server& server_;
     ClusterOptions options_;
-    std::shared_ptr<char> alive_;  // posted tasks hold it weakly
-    std::string boot_, owner_;     // owner_: "node boot", the value of our claims
+    std::shared_ptr<char> alive_;           // posted tasks hold it weakly
+    const std::weak_ptr<char> alive_weak_;  // copied on libnats' threads while alive_ resets
+    std::string boot_, owner_;              // owner_: "node boot", the value of our claims
     std::string subject_, bucket_;
     natsOptions* nats_options_ = nullptr;
     natsConnection* nc_ = nullptr;
