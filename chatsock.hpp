@@ -1918,9 +1918,11 @@ public:
     void send_to(ClientId id, std::string_view text, std::string_view from = {}) {
         if (Connection* c = live(id)) enqueue(*c, event(from, text).as(c->info.wire));
     }
-    // Sends one message to every joined client except `except`.
+    // Sends one message to every joined client except `except`. A message with a sender is
+    // one of the room's: newcomers get it in the history too.
     void broadcast(std::string_view text, std::string_view from = {}, ClientId except = no_client) {
         relay(event(from, text), except);
+        if (!from.empty()) remember(from, text);
     }
     // Closes a client's connection after telling it why.
     void disconnect(ClientId id, std::string_view reason) {
@@ -1945,6 +1947,9 @@ public:
     }
 
     std::size_t client_count() const { return joined_; }  // joined users
+    // Users of this room served elsewhere (a cluster's other nodes): counted in the welcome's
+    // "N other users online" and against announce_up_to, as if they were here.
+    void set_users_elsewhere(std::size_t count) { users_elsewhere_ = count; }
     std::size_t connection_count() const { return connections_.size(); }
     std::vector<ClientInfo> clients() const {
         std::vector<ClientInfo> out;
@@ -2295,12 +2300,12 @@ private:
     // The last `history` messages, in a ring whose strings keep their memory: a newcomer gets
     // them after the welcome, as notices "[03:39:03] alice: hello" (UTC). Only what was relayed
     // to the room: never a private message.
-    void remember(const std::string& from, std::string_view text) {
+    void remember(std::string_view from, std::string_view text) {
         if (options_.history == 0) return;
         if (history_.size() < options_.history) history_.emplace_back();
         Remembered& r = history_[history_next_];
         r.when = std::chrono::system_clock::now();
-        r.from = from;
+        r.from.assign(from);
         r.text.assign(text);
         history_next_ = (history_next_ + 1) % options_.history;
     }
@@ -2338,8 +2343,8 @@ private:
         had_users_ = true;
         log_.add("join", c.info.name, c.info.peer);
         say(printable(c.info.name) + " joined from " + c.info.peer);
-        const std::size_t others = joined_ - 1;
-        const bool announce = announced(joined_);
+        const std::size_t others = joined_ - 1 + users_elsewhere_;
+        const bool announce = announced(joined_ + users_elsewhere_);
         send_to(c.info.id,
                 "welcome, " + c.info.name + "! " + std::to_string(others) +
                     (others == 1 ? " other user" : " other users") + " online" +
@@ -2456,7 +2461,8 @@ private:
         const std::string notice =
             c.info.name + (reason == "left" ? " left" : " left (" + reason + ")");
         say(printable(notice));
-        if (announced(joined_ + 1)) broadcast(notice);  // the room still counting the leaver
+        if (announced(joined_ + 1 + users_elsewhere_))
+            broadcast(notice);  // the room still counting the leaver
         if (on_leave) on_leave(c.info, reason);
     }
     // ---- flood control: by back-pressure, nothing dropped ---------------------------------
@@ -2709,6 +2715,7 @@ private:
     std::unordered_map<ClientId, Connection*> by_id_;
     std::vector<Connection*> members_[3];  // joined users by wire (frames, lines, web): any order
     std::size_t joined_ = 0;               // in all three
+    std::size_t users_elsewhere_ = 0;      // see set_users_elsewhere()
     std::unordered_set<std::string> names_in_use_;  // their names, in lower case
     std::set<std::pair<Clock::time_point, ClientId>> deadlines_;
     std::vector<ClientId> dirty_, dirty_now_;      // finish_iteration()'s lists and their

@@ -629,7 +629,7 @@ private:
             return drop("node " + node + " claims \"" + name + "\", a user of node " + owner),
                    false;
         peer.users[key] = name;
-        ++remote_users_;
+        server_.set_users_elsewhere(++remote_users_);  // the welcome counts them
         if (room_size() <= o.announce_up_to) server_.broadcast(name + " joined");
         server_.log_event("join", name, "node " + node);
         return true;
@@ -640,7 +640,7 @@ private:
         return {};
     }
     void announce_leave(const std::string& name, std::string_view reason, const std::string& node) {
-        --remote_users_;
+        server_.set_users_elsewhere(--remote_users_);
         const std::string notice =
             name + (reason == "left" ? " left" : " left (" + std::string(reason) + ")");
         if (room_size() + 1 <= server_.options().announce_up_to) server_.broadcast(notice);

@@ -119,7 +119,7 @@ def nats_publish(port, subject, payloads):
 
 
 def event(*fields):
-    """An event in the bus encoding (cluster/chatsock_cluster.hpp, cluster_wire)."""
+    """An event in the bus encoding (cluster/cluster_wire.hpp)."""
     out = b"CS1"
     for field in fields:
         field = field.encode() if isinstance(field, str) else field
@@ -233,6 +233,24 @@ class Room(ClusterTestCase):
                 from_other = [t for s, t in got if s == other]
                 self.assertEqual(from_other, [] if other == name else [f"{other} says {i}" for i in range(count)],
                                  f"{name} from {other}")
+
+    def test_a_newcomer_is_welcomed_to_the_whole_room(self):
+        """The welcome counts every node's users, and the history holds every node's messages."""
+        ports = self.start_cluster()
+        a1, b1, c0 = self.join(ports["a"], "a1"), self.join(ports["b"], "b1"), self.join(ports["c"], "c0")
+        self.wait_who(c0, ["a1", "b1", "c0"])
+        for sender, text in ((a1, "hello from a"), (b1, "hello from b")):  # in this order at c
+            sender.send(text)
+            c0.wait(lambda pairs: any(t == text for _, t in pairs), text)
+        c0.send("hello from c")
+        b1.wait(lambda pairs: ("c0", "hello from c") in pairs, "c0's message")
+        c1 = self.join(ports["c"], "c1")
+        c1.wait(lambda pairs: len([t for s, t in pairs if s == "server" and "] " in t]) >= 3, "the history")
+        time.sleep(0.2)
+        notices = [t for s, t in c1.pairs if s == "server"]
+        self.assertEqual(notices[0], "welcome, c1! 3 other users online")
+        self.assertEqual([t.partition("] ")[2] for t in notices[1:4]],
+                         ["a1: hello from a", "b1: hello from b", "c0: hello from c"])
 
     def test_a_leave_reaches_the_other_nodes(self):
         ports = self.start_cluster()

@@ -294,4 +294,49 @@ TEST_SUITE("history") {
         CHECK(untimed(old[0]) == "alice: short");
         CHECK(bob.client.is_open());
     }
+
+    TEST_CASE("history: what the program broadcasts with a sender is replayed, a notice is not") {
+        cst::LoggedServer chat;  // as the cluster add-on relays another node's user
+        ChatUser alice;
+        cst::join_wait(chat.server, alice, chat.port, "alice");
+        chat.server.broadcast("from far away", "zoe");
+        chat.server.broadcast("a notice");
+        REQUIRE(cst::pump(
+            chat.server, [&] { return alice.got("zoe", "from far away"); }, alice));
+        ChatUser bob;
+        cst::join_wait(chat.server, bob, chat.port, "bob");
+        REQUIRE(cst::pump(
+            chat.server, [&] { return !after_welcome(bob).empty(); }, alice, bob));
+        cst::run_for(milliseconds(30), chat.server, alice, bob);
+        const auto old = after_welcome(bob);
+        REQUIRE(old.size() == 1);
+        CHECK(untimed(old[0]) == "zoe: from far away");
+    }
 }  // TEST_SUITE("history")
+
+TEST_SUITE("users elsewhere") {
+    TEST_CASE("users elsewhere: the welcome counts them, and so does announce_up_to") {
+        cst::LoggedServer chat([](chatsock::ServerOptions& o) { o.announce_up_to = 4; });
+        chat.server.set_users_elsewhere(2);  // a cluster's other nodes hold two
+        ChatUser alice, bob, carol;
+        cst::join_wait(chat.server, alice, chat.port, "alice");
+        REQUIRE(cst::pump(
+            chat.server, [&] { return !alice.texts_from("server").empty(); }, alice));
+        CHECK(alice.texts_from("server").front() == "welcome, alice! 2 other users online");
+        cst::join_wait(chat.server, bob, chat.port, "bob");  // a room of 4: announced
+        REQUIRE(cst::pump(
+            chat.server, [&] { return alice.got("server", "bob joined"); }, alice, bob));
+        cst::join_wait(chat.server, carol, chat.port, "carol");  // 5: over announce_up_to
+        REQUIRE(cst::pump(
+            chat.server, [&] { return !carol.texts_from("server").empty(); }, alice, bob, carol));
+        cst::run_for(milliseconds(30), chat.server, alice, bob, carol);
+        CHECK(carol.texts_from("server").front() ==
+              "welcome, carol! 4 other users online; joins and leaves are not announced in a "
+              "room this big");
+        CHECK_FALSE(alice.got("server", "carol joined"));
+        carol.client.close();  // the room still counts 5 as she leaves: not announced either
+        cst::run_for(milliseconds(100), chat.server, alice, bob);
+        CHECK(chat.server.client_count() == 2);
+        CHECK_FALSE(alice.got("server", "carol left"));
+    }
+}  // TEST_SUITE("users elsewhere")

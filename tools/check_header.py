@@ -22,7 +22,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MAX_COLUMNS = 100
 BANNER, SUBSECTION = "// ==== ", "// ---- "
 # The manual and includes before layer 1 count with it.
-LAYER_BUDGETS = {"1": 790, "2": 115, "3": 235, "4": 480, "5": 190, "6": 975, "7": 190, "8": 90}
+LAYER_BUDGETS = {"1": 790, "2": 115, "3": 235, "4": 480, "5": 190, "6": 985, "7": 190, "8": 90}
 
 
 def lines_of(name):
