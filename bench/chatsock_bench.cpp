@@ -27,9 +27,10 @@
 //   --ports P1,P2,...   (chatsock only) the room is spread over several servers that share it,
 //              such as the nodes of a cluster (bench/cluster.sh): client i connects to port
 //              P(i mod K). Every delivery is checked as above, wherever sender and receiver are.
-//              A server's welcome counts only its own users; before measuring, the bench waits
-//              for at least N(N-1)/2 "X joined" notices in all (each pair of clients: one of the
-//              two hears of the other) unless a welcome says joins are not announced.
+//              A welcome counts only the users its server knew of then (the others' joins may be
+//              on the way); before measuring, the bench waits for at least N(N-1)/2 "X joined"
+//              notices in all (each pair of clients: one of the two hears of the other) unless a
+//              welcome says joins are not announced.
 //
 // FLOW CONTROL (--window W)
 //   A sender may have at most W messages that have not yet been received by ALL N-1 other
@@ -1683,9 +1684,9 @@ int Bench::run() {
     // 2. chatsock: let the "X joined" notices finish, so they are not part of the measurement.
     if (o_.proto == Proto::chatsock && !timed_out) {
         std::uint64_t want = join_notices_expected_;
-        // Several servers sharing the room (--ports): each welcome counts its own server's users
-        // only; of each pair of clients, one at least hears of the other (whichever joined
-        // first sees the other's join arrive, from its server or over the cluster).
+        // Several servers sharing the room (--ports): a welcome counts only the users its server
+        // knew of then; of each pair of clients, one at least hears of the other (whichever
+        // joined first sees the other's join arrive, from its server or over the cluster).
         if (addrs_.size() > 1 && !unannounced_)
             want = std::max<std::uint64_t>(want, static_cast<std::uint64_t>(n_) * (n_ - 1) / 2);
         while (join_notices_ < want && !deadline_passed()) pump(50);
