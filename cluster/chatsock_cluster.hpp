@@ -182,6 +182,7 @@ public:
         if (s == NATS_OK) s = natsConnection_JetStream(&js_, nc_, nullptr);
         if (s != NATS_OK) return std::string("cannot subscribe: ") + natsStatus_GetText(s);
         worker_ = std::thread([this] { work(); });
+        beater_ = std::thread([this] { beat(); });
         return {};
     }
     // Wrong credentials are no outage to wait out: start() fails, saying so. (While retrying,
@@ -207,6 +208,7 @@ public:
         if (nc_ && connected_) natsConnection_FlushTimeout(nc_, 1000);  // the last leaves
         if (nc_) natsConnection_Close(nc_);  // also ends a key-value request under way
         if (worker_.joinable()) worker_.join();
+        if (beater_.joinable()) beater_.join();
         {  // libnats calls back on its threads: wait (bounded) until it is done with `this`
             std::unique_lock<std::mutex> hold(mutex_);
             wake_.wait_for(hold, std::chrono::seconds(2),
@@ -653,7 +655,7 @@ private:
         for (const auto& [key, name] : users) announce_leave(name, reason, node);
     }
     std::size_t room_size() const { return server_.client_count() + remote_users_; }
-    void tick() {  // every `heartbeat`, from the worker
+    void tick() {  // every `heartbeat`, from beat()
         if (connected_) publish("hb", {}), reclaim();
         const auto now = Clock::now();
         for (auto& [node, peer] : peers_)
@@ -758,22 +760,28 @@ private:
         wake_.notify_all();
     }
     void work() {
-        auto next_tick = Clock::now(), next_renewal = next_tick + options_.name_ttl / 3;
+        auto next_renewal = Clock::now() + options_.name_ttl / 3;
         std::unique_lock<std::mutex> hold(mutex_);
         while (!stopping_) {
-            if (jobs_.empty()) wake_.wait_until(hold, next_tick);
+            if (jobs_.empty()) wake_.wait_until(hold, next_renewal);
             std::deque<Job> jobs;
             jobs.swap(jobs_);
             hold.unlock();
             for (const Job& job : jobs) run(job);
-            const auto now = Clock::now();
-            if (now >= next_tick) {
-                next_tick = now + options_.heartbeat;
-                to_loop([this] { tick(); });
-            }
-            if (now >= next_renewal) next_renewal = now + options_.name_ttl / 3, renew();
+            if (Clock::now() >= next_renewal)
+                next_renewal = Clock::now() + options_.name_ttl / 3, renew();
             hold.lock();
         }
+    }
+    // The heartbeat has a thread of its own: a key-value request that keeps the worker waiting
+    // (a JetStream leader election takes seconds) must not make the other nodes think us lost.
+    void beat() {
+        std::unique_lock<std::mutex> hold(mutex_);
+        do {
+            hold.unlock();  // post() takes the loop's lock: never both at once
+            to_loop([this] { tick(); });
+            hold.lock();
+        } while (!wake_.wait_for(hold, options_.heartbeat, [this] { return stopping_; }));
     }
     void run(const Job& job) {
         const std::string key = cluster_wire::name_key(job.name);
@@ -909,7 +917,7 @@ private:
     Clock::time_point next_bucket_try_;
     std::string bucket_news_;
     std::map<std::string, Lease> leases_;
-    std::thread worker_;
+    std::thread worker_, beater_;
     std::mutex mutex_;
     std::condition_variable wake_;
     std::deque<Job> jobs_;
