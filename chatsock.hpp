@@ -1906,12 +1906,16 @@ public:
     // Runs `task` on the loop's thread, soon: safe from any thread (a game loop, a timer). Tasks
     // run in the order posted. Once stop() has been called, returns false and drops the task.
     bool post(std::function<void()> task) {
+        bool first = false;
         {
             detail::Locked hold(posted_lock_);
             if (stop_requested_.load()) return false;
+            first = posted_.empty();
             posted_.push_back(std::move(task));
         }
-        poller_.wake();  // the loop may be asleep in its wait
+        // The loop may be asleep in its wait. One wake per batch: the loop empties the wake
+        // channel before it takes the list, so a task behind the first is taken with it.
+        if (first) poller_.wake();
         return true;
     }
     // Sends one message to one client (from the server's name unless `from` is given).
