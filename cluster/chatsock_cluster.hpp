@@ -54,6 +54,7 @@
 #include <memory>
 #include <mutex>
 #include <random>
+#include <set>
 #include <string>
 #include <thread>
 #include <unordered_map>
@@ -236,6 +237,7 @@ private:
         std::map<std::uint64_t, std::vector<std::string>> early;  // after a gap, by number
         Clock::time_point gap_since;                              // when the gap was seen
         std::map<std::string, std::string> users;                 // lowercase name -> name
+        std::set<std::string> listed;  // lowercase names of the roster under way
     };
     struct Job {  // for the worker thread
         enum Kind { claim, rename, release } kind;
@@ -331,7 +333,7 @@ private:
         cluster_wire::put(event, kind);
         return event;
     }
-    // This node's claimed users, in roster events of at most ~64 KiB.
+    // This node's claimed users, in roster events of at most ~64 KiB, then roster-end.
     void publish_roster() {
         std::vector<std::string> names;
         for (const auto& [id, local] : locals_)
@@ -346,6 +348,7 @@ private:
             for (std::string_view f : chunk) cluster_wire::put(event, f);
             send(std::move(event));
         }
+        publish("roster-end", {});  // the list is whole: a receiver can tell who is gone
     }
     // A line from a local user; true: the server relays it to the local room. While the user's
     // name is being claimed, the line is held (nothing goes out under a name not yet ours, and
@@ -556,8 +559,13 @@ private:
         const std::string& kind = f[3];
         if (kind == "who") {
             publish_roster();
-        } else if (kind == "roster" || kind == "join") {
-            for (std::size_t i = 4; i < f.size(); ++i) add_user(node, peer, f[i]);
+        } else if (kind == "join") {
+            add_user(node, peer, f[4]);
+        } else if (kind == "roster") {
+            for (std::size_t i = 4; i < f.size(); ++i)
+                if (add_user(node, peer, f[i])) peer.listed.insert(detail::ascii_lower(f[i]));
+        } else if (kind == "roster-end") {
+            end_roster(node, peer);
         } else if (kind == "leave") {
             auto it = peer.users.find(detail::ascii_lower(f[4]));
             if (it == peer.users.end()) return drop("a leave of a user node " + node + " lacks");
@@ -647,6 +655,20 @@ private:
             name + (reason == "left" ? " left" : " left (" + std::string(reason) + ")");
         if (room_size() + 1 <= server_.options().announce_up_to) server_.broadcast(notice);
         server_.log_event("leave", name, "node " + node + ": " + std::string(reason));
+    }
+    // A node's whole roster has come, in order with its other events: a user it does not list
+    // left while we missed its events (a leave lost beyond the resend window).
+    void end_roster(const std::string& node, Peer& peer) {
+        for (auto it = peer.users.begin(); it != peer.users.end();) {
+            if (peer.listed.count(it->first)) {
+                ++it;
+                continue;
+            }
+            const std::string name = it->second;
+            it = peer.users.erase(it);
+            announce_leave(name, "left", node);
+        }
+        peer.listed.clear();
     }
     // A lost or restarted node: its users leave.
     void forget(const std::string& node, Peer& peer, std::string_view reason) {

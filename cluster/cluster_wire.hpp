@@ -20,7 +20,8 @@ namespace chatsock {
 // digits), so any byte may appear in a field. The first four fields are always the node, its
 // boot id (hex), its sequence number (decimal) and the kind; the kind's own fields follow:
 //   hb                  heartbeat             who                  "send me your users"
-//   roster NAME...      users present         join NAME            leave NAME REASON
+//   roster NAME...      users present, a part of the list      roster-end   "that was all"
+//   join NAME           a user came           leave NAME REASON    a user went
 //   msg NAME TEXT       a message             action NAME TEXT     "/me TEXT"
 //   private FROM TO TEXT  "/msg TO TEXT"      nick OLD NEW         "/nick NEW"
 //   resend NODE FIRST LAST  "NODE: publish your events FIRST..LAST again, I missed them"
@@ -66,8 +67,8 @@ inline bool is_number(std::string_view s, bool hex) {
 // How many fields of its own each kind has (-1: any number); 0 for an unknown kind too.
 inline int arity(std::string_view kind, bool& known) {
     static const std::map<std::string_view, int> kinds = {
-        {"hb", 0},  {"who", 0},    {"roster", -1}, {"join", 1}, {"leave", 2},
-        {"msg", 2}, {"action", 2}, {"private", 3}, {"nick", 2}, {"resend", 3}};
+        {"hb", 0},  {"who", 0},    {"roster", -1}, {"roster-end", 0}, {"join", 1},  {"leave", 2},
+        {"msg", 2}, {"action", 2}, {"private", 3}, {"nick", 2},       {"resend", 3}};
     auto it = kinds.find(kind);
     known = it != kinds.end();
     return known ? it->second : 0;
