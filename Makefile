@@ -46,15 +46,15 @@ demo_cluster_server: demo_cluster_server.cpp cluster/chatsock_cluster.hpp chatso
 
 # The unit tests, built twice: with the platform's default poller (epoll on Linux) and with
 # the portable poll() backend forced, so both run the whole server and client suite.
-$(BIN)/unit: $(UNIT_SOURCES) chatsock.hpp tests/support.hpp | $(BIN)
+$(BIN)/unit: $(UNIT_SOURCES) chatsock.hpp cluster/cluster_wire.hpp tests/support.hpp | $(BIN)
 	@echo "== building the unit tests, default poller (epoll on Linux): one long compile, quiet until it ends"
 	$(CXX) $(TESTFLAGS) $(UNIT_SOURCES) -o $@ -pthread
 
-$(BIN)/unit_poll: $(UNIT_SOURCES) chatsock.hpp tests/support.hpp | $(BIN)
+$(BIN)/unit_poll: $(UNIT_SOURCES) chatsock.hpp cluster/cluster_wire.hpp tests/support.hpp | $(BIN)
 	@echo "== building the unit tests again, poll() backend forced: one long compile, quiet until it ends"
 	$(CXX) $(TESTFLAGS) -DCHATSOCK_USE_POLL $(UNIT_SOURCES) -o $@ -pthread
 
-$(BIN)/unit_asan: $(UNIT_SOURCES) chatsock.hpp tests/support.hpp | $(BIN)
+$(BIN)/unit_asan: $(UNIT_SOURCES) chatsock.hpp cluster/cluster_wire.hpp tests/support.hpp | $(BIN)
 	@echo "== building the unit tests under ASan + UBSan: one long compile, quiet until it ends"
 	$(CXX) $(TESTFLAGS) $(SANFLAGS) $(UNIT_SOURCES) -o $@ -pthread
 
@@ -83,7 +83,7 @@ demo_client.exe: demo_client.cpp chatsock.hpp
 $(BIN)/include/doctest: | $(BIN)
 	mkdir -p $(BIN)/include && ln -sfn /usr/include/doctest $@
 
-$(BIN)/unit.exe: $(WIN_TEST_SOURCES) $(wildcard tests/windows/*.inc) chatsock.hpp tests/support.hpp | $(BIN)/include/doctest
+$(BIN)/unit.exe: $(WIN_TEST_SOURCES) $(wildcard tests/windows/*.inc) chatsock.hpp cluster/cluster_wire.hpp tests/support.hpp | $(BIN)/include/doctest
 	@echo "== building the unit tests for Windows (MinGW): one long compile, quiet until it ends"
 	$(MINGW) $(WINFLAGS) -I. -I$(BIN)/include -DDOCTEST_CONFIG_NO_MULTITHREADING \
 	    $(WIN_TEST_SOURCES) -o $@ -lws2_32
@@ -147,8 +147,10 @@ $(BIN)/fuzz_%: fuzz/fuzz_%.cpp fuzz/reference.hpp chatsock.hpp | $(BIN)
 	@echo "== building the fuzz target fuzz_$* (clang, libFuzzer + ASan + UBSan)"
 	$(FUZZ_CXX) $(FUZZFLAGS) $< -o $@
 
-fuzz: $(BIN)/fuzz_decoder $(BIN)/fuzz_server_input $(BIN)/fuzz_wire
-	@for pair in decoder:decoder server_input:server wire:wire; do \
+$(BIN)/fuzz_cluster_wire: cluster/cluster_wire.hpp  # the code it fuzzes, besides chatsock.hpp
+
+fuzz: $(BIN)/fuzz_decoder $(BIN)/fuzz_server_input $(BIN)/fuzz_wire $(BIN)/fuzz_cluster_wire
+	@for pair in decoder:decoder server_input:server wire:wire cluster_wire:cluster_wire; do \
 	    target=$${pair%%:*}; work=$(FUZZ_WORK)/$${pair##*:}; log=$(FUZZ_WORK)/$$target.log; \
 	    mkdir -p $$work && cp fuzz/corpus/$${pair##*:}/* $$work/; \
 	    echo "== fuzz_$$target, $(FUZZ_SECONDS) s"; \

@@ -7,7 +7,6 @@
 
 #include "../chatsock.hpp"
 
-#include <cctype>
 #include <map>
 #include <string>
 #include <string_view>
@@ -50,17 +49,20 @@ inline bool split(std::string_view in, std::vector<std::string>& fields) {
     return true;
 }
 // Node and room names: 1-32 of A-Z a-z 0-9 _ - (safe in NATS subjects and bucket names).
+// ASCII only, whatever locale the program has set (<cctype> would follow it).
+inline bool is_digit(char c) { return c >= '0' && c <= '9'; }
 inline bool is_token(std::string_view s) {
     if (s.empty() || s.size() > 32) return false;
     for (char c : s)
-        if (!std::isalnum(static_cast<unsigned char>(c)) && c != '_' && c != '-') return false;
+        if (!is_digit(c) && !(c >= 'a' && c <= 'z') && !(c >= 'A' && c <= 'Z') && c != '_' &&
+            c != '-')
+            return false;
     return true;
 }
 inline bool is_number(std::string_view s, bool hex) {
     if (s.empty() || s.size() > (hex ? 16 : 19)) return false;
     for (char c : s)
-        if (!std::isdigit(static_cast<unsigned char>(c)) &&
-            !(hex && std::isxdigit(static_cast<unsigned char>(c))))
+        if (!is_digit(c) && !(hex && ((c >= 'a' && c <= 'f') || (c >= 'A' && c <= 'F'))))
             return false;
     return true;
 }
