@@ -1,30 +1,44 @@
 #!/usr/bin/env python3
-"""mutate.py — plants each one-line bug of the mutation register in a copy of chatsock.hpp and
-checks that the test named for it fails. `make mutate` runs the whole register.
+"""mutate.py — plants each one-line bug of the mutation register in a copy of the sources
+(chatsock.hpp, or a header of the cluster add-on) and checks that the test named for it fails.
+`make mutate` runs the whole register.
 
 The register, tests/mutations.txt, is a list of blocks separated by blank lines:
 
     id:      max-payload-configured
-    promise: max_payload is the largest frame accepted (README, Defaults and limits)
+    promise: max_payload is the largest frame the server accepts (README, Defaults and limits)
     find:    auto c = std::make_unique<Connection>(options_.max_payload);
-    replace: auto c = std::make_unique<Connection>(default_max_payload);
-    test:    unit test_server -tc="a protocol error*" -sc="one byte over a configured limit"
+    replace: auto c = std::make_unique<Connection>(detail::default_max_payload);
+    test:    unit test_server -tc="max_payload: a frame of that size*"
 
-`find` must occur exactly once in chatsock.hpp, on one line; `replace` (empty: delete) is what
-it becomes. `test` is the narrowest command that must catch it:
+An entry may name the file the bug goes in, on a line `file:` (after `promise:`); without it,
+chatsock.hpp. The others: cluster/chatsock_cluster.hpp and cluster/cluster_wire.hpp.
+
+    file:    cluster/chatsock_cluster.hpp
+
+`find` must occur exactly once in that file, on one line; `replace` (empty: delete) is what it
+becomes. `test` is the narrowest command that must catch it:
     unit FILE DOCTEST-ARGS...      tests/FILE.cpp alone, built against the mutant, run with the
-                                   doctest arguments (a filter, in shell quoting)
+                                   doctest arguments (a filter, in shell quoting); no libnats is
+                                   linked (cluster_wire.hpp can be tested so, not the add-on)
     unit-poll FILE DOCTEST-ARGS... the same with the poll() backend forced
     tsan FILE DOCTEST-ARGS...      the same under ThreadSanitizer (a race fails the test)
     e2e SCRIPT TEST...             demo_server, demo_client and attack_server built from the
-                                   mutant, then python3 tests/SCRIPT with the named tests
+                                   mutant, then python3 tests/SCRIPT with the named tests; for
+                                   e2e_cluster.py, demo_cluster_server instead (-lnats), which
+                                   the script is told to take as it is (CHATSOCK_BIN_DIR), never
+                                   rebuilding it from the real sources
 
 Each mutation ends as one of:
     caught    its test failed (or hung past --timeout)
     survived  its test passed: the promise is not tested
     stale     `find` no longer occurs exactly once: update the register with the code
     broken    the mutant does not build: not a useful mutation
-Before the mutants, every test command that will be used runs once on the real header and
+    skipped   not run: its test needs nats-server and libnats-dev, which this machine lacks (as
+              tests/e2e_cluster.py skips its tests there). That is an e2e_cluster.py test, or
+              any test of cluster/chatsock_cluster.hpp. It counts as none of the above, and
+              --check still checks its `find`.
+Before the mutants, every test command that will be used runs once on the real sources and
 must pass, having run at least one test; otherwise the register itself is wrong.
 
     tools/mutate.py                      the whole register
@@ -36,8 +50,9 @@ must pass, having run at least one test; otherwise the register itself is wrong.
     tools/mutate.py --check              only that every `find` still matches (no builds);
                                          `make test` runs this, one test per entry
 
-The last line is "mutations: N caught, N survived, N stale, N broken"; the exit status is 0
-only when every mutation run was caught.
+The last line is "mutations: N caught, N survived, N stale, N broken" (the line before it says
+how many were skipped, if any); the exit status is 0 only when every mutation run was caught
+and none is stale.
 """
 import argparse
 import os
@@ -52,7 +67,11 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 REGISTER = os.path.join(ROOT, "tests", "mutations.txt")
 HEADER = "chatsock.hpp"
-KEYS = ("id", "promise", "find", "replace", "test")
+# The files a mutation may go in (`file:`; chatsock.hpp when not given).
+SOURCES = (HEADER, "cluster/chatsock_cluster.hpp", "cluster/cluster_wire.hpp")
+KEYS = ("id", "promise", "file", "find", "replace", "test")
+REQUIRED = ("id", "promise", "find", "replace", "test")
+CLUSTER_SCRIPT = "e2e_cluster.py"  # its node, demo_cluster_server, links libnats
 CXX = os.environ.get("CXX", "g++")
 # No -Werror: a mutant that only warns (an unused variable) must still build and be tested.
 CXXFLAGS = ["-std=c++17", "-O1", "-w"]
@@ -69,7 +88,7 @@ def read_register(path):
     def close_entry():
         if not current:
             return
-        missing = [k for k in KEYS if k not in current]
+        missing = [k for k in REQUIRED if k not in current]
         if missing:
             raise RegisterError(f"{path}:{current['line']}: entry without {', '.join(missing)}")
         entries.append(dict(current))
@@ -89,7 +108,7 @@ def read_register(path):
             key, value = m.group(1), m.group(2) or ""
             if key in current:
                 raise RegisterError(f"{path}:{line_no}: {key} given twice in one entry")
-            if key in ("promise", "test", "id"):
+            if key in ("promise", "test", "id", "file"):
                 value = value.strip()
             elif key in ("find", "replace"):
                 value = value.lstrip(" ")  # "find:    text" aligns the text; its own spaces count
@@ -101,6 +120,10 @@ def read_register(path):
     if dup:
         raise RegisterError(f"{path}: duplicate ids: {', '.join(sorted(dup))}")
     for e in entries:
+        e.setdefault("file", HEADER)
+        if e["file"] not in SOURCES:
+            raise RegisterError(f"{path}:{e['line']}: {e['id']}: file must be one of "
+                                f"{', '.join(SOURCES)}: {e['file']}")
         if not e["find"]:
             raise RegisterError(f"{path}:{e['line']}: {e['id']}: empty find")
         if e["find"] == e["replace"]:
@@ -119,6 +142,44 @@ def parse_test(entry):
     return words[0], words[1], words[2:]
 
 
+def needs_nats(entry):
+    """Whether an entry's test needs nats-server and libnats: an e2e_cluster.py test, or any
+    test of the add-on (which links libnats)."""
+    kind, name, _ = parse_test(entry)
+    if entry["file"] == "cluster/chatsock_cluster.hpp":
+        return True
+    return kind == "e2e" and name == CLUSTER_SCRIPT
+
+
+def nats_missing():
+    """Why the entries that need NATS cannot run here (None: they can): the same check as
+    tests/e2e_cluster.py's, which would skip their tests."""
+    if not shutil.which("nats-server") or not os.path.exists("/usr/include/nats/nats.h"):
+        return "needs nats-server and libnats-dev (apt-get install nats-server libnats-dev)"
+    return None
+
+
+def nats_libs():
+    """How to link libnats, as the Makefile finds it."""
+    try:
+        p = subprocess.run(["pkg-config", "--libs", "libnats"], stdout=subprocess.PIPE,
+                           stderr=subprocess.DEVNULL)
+        if p.returncode == 0 and p.stdout.split():
+            return p.stdout.decode().split()
+    except OSError:
+        pass
+    return ["-lnats"]
+
+
+def read_sources(folder):
+    """{file: text} for each file a mutation may go in."""
+    texts = {}
+    for name in SOURCES:
+        with open(os.path.join(folder, name), encoding="utf-8") as f:
+            texts[name] = f.read()
+    return texts
+
+
 def mutate(source, entry):
     """The mutant's text, or None when `find` does not occur exactly once (stale)."""
     if source.count(entry["find"]) != 1 or "\n" in entry["find"]:
@@ -127,34 +188,42 @@ def mutate(source, entry):
 
 
 class Workspace:
-    """A copy of what the tests need, in a temporary folder, with the header swapped per run."""
+    """A copy of what the tests need, in a temporary folder, with one source swapped per run."""
 
-    def __init__(self, keep=False):
+    def __init__(self, originals, keep=False):
         self.dir = tempfile.mkdtemp(prefix="chatsock-mutate-")
         self.keep = keep
-        for name in (HEADER, "demo_server.cpp", "demo_client.cpp", "Makefile"):
+        for name in (HEADER, "demo_server.cpp", "demo_client.cpp", "demo_cluster_server.cpp",
+                     "Makefile"):
             shutil.copy2(os.path.join(ROOT, name), self.dir)
-        for folder in ("tests", "fuzz"):  # the tests include fuzz/reference.hpp
+        for folder in ("tests", "fuzz", "cluster"):  # the tests include fuzz/reference.hpp
             shutil.copytree(os.path.join(ROOT, folder), os.path.join(self.dir, folder),
                             ignore=shutil.ignore_patterns("bin", "__pycache__", "corpus*"))
         self.bin = os.path.join(self.dir, "tests", "bin")
         os.makedirs(self.bin)
-        with open(os.path.join(ROOT, HEADER), encoding="utf-8") as f:
-            self.original = f.read()
+        self.originals = originals  # {file: text}, the real sources
+        self.current = read_sources(self.dir)  # what is in the folder now
         self.main_o = None
-        self.built = {}  # target -> header text it was built from
+        self.built = {}  # target -> the sources it was built from (a tuple, as in SOURCES)
 
     def close(self):
         if not self.keep:
             shutil.rmtree(self.dir, ignore_errors=True)
 
-    def set_header(self, text):
-        path = os.path.join(self.dir, HEADER)
-        with open(path, "w", encoding="utf-8") as f:
-            f.write(text)
-        # make compares times: the mutant must look newer than anything built before it.
-        now = time.time()
-        os.utime(path, (now + 2, now + 2))
+    def plant(self, file=None, text=None):
+        """Puts the real sources in place, with `file` as `text` (a mutant) when given."""
+        for name, original in self.originals.items():
+            want = text if name == file else original
+            if self.current[name] == want:
+                continue
+            path = os.path.join(self.dir, name)
+            with open(path, "w", encoding="utf-8") as f:
+                f.write(want)
+            self.current[name] = want
+            # make compares times: the mutant (or the real file back after one) must look newer
+            # than anything built before it.
+            now = time.time()
+            os.utime(path, (now + 2, now + 2))
 
     def run(self, args, timeout, env=None):
         try:
@@ -165,12 +234,16 @@ class Workspace:
             out = (e.stdout or b"").decode(errors="replace")
             return None, out
 
-    def build(self, kind, name, header_text):
-        """Builds what a test needs from the header now in place; returns (ok, output)."""
-        key = (kind, name) if kind != "e2e" else ("e2e",)
-        if self.built.get(key) == header_text:
+    def build(self, kind, name):
+        """Builds what a test needs from the sources now in place; returns (ok, output)."""
+        key = (kind, name) if kind != "e2e" else ("e2e", name == CLUSTER_SCRIPT)
+        sources = tuple(self.current[n] for n in SOURCES)
+        if self.built.get(key) == sources:
             return True, ""
-        if kind == "e2e":
+        if kind == "e2e" and name == CLUSTER_SCRIPT:  # its node only: the Makefile's rule
+            rc, out = self.run([CXX, *CXXFLAGS, "demo_cluster_server.cpp", "-o",
+                                "demo_cluster_server", *nats_libs(), "-pthread"], 600)
+        elif kind == "e2e":
             flags = " ".join(CXXFLAGS)
             rc, out = self.run(["make", "-s", "-j2", f"CXX={CXX}", f"CXXFLAGS={flags}",
                                 "demo_server", "demo_client", "tests/bin/attack_server"], 600)
@@ -194,7 +267,7 @@ class Workspace:
                                 "-pthread", *(["-fsanitize=thread"] if kind == "tsan" else [])],
                                600)
         if rc == 0:
-            self.built[key] = header_text
+            self.built[key] = sources
         return rc == 0, out
 
     def binary(self, kind, name):
@@ -203,7 +276,10 @@ class Workspace:
     def test(self, kind, name, args, timeout):
         """Runs a test command: (passed, tests_run, output); passed is None on a time-out."""
         if kind == "e2e":
-            rc, out = self.run([sys.executable, f"tests/{name}", *args], timeout)
+            # e2e_cluster.py takes its node from CHATSOCK_BIN_DIR as it is, never running make:
+            # the mutant's, not one rebuilt from the real sources.
+            env = dict(os.environ, CHATSOCK_BIN_DIR=self.dir) if name == CLUSTER_SCRIPT else None
+            rc, out = self.run([sys.executable, f"tests/{name}", *args], timeout, env)
             m = re.search(r"^RESULT passed=(\d+) failed=(\d+)", out, re.M)
             ran = int(m.group(1)) + int(m.group(2)) if m else 0
         else:
@@ -242,13 +318,12 @@ def main():
     except RegisterError as e:
         print(f"mutate: {e}")
         return 2
-    with open(os.path.join(ROOT, HEADER), encoding="utf-8") as f:
-        original = f.read()
+    originals = read_sources(ROOT)
 
-    stale = [e for e in entries if mutate(original, e) is None]
+    stale = [e for e in entries if mutate(originals[e["file"]], e) is None]
     for e in stale:
-        n = original.count(e["find"])
-        print(f"STALE {e['id']}: find occurs {n} times in {HEADER} (must be once): {e['find']}")
+        n = originals[e["file"]].count(e["find"])
+        print(f"STALE {e['id']}: find occurs {n} times in {e['file']} (must be once): {e['find']}")
     if opts.check:
         print(f"{len(entries)} mutations registered, {len(stale)} stale")
         print(f"RESULT passed={len(entries) - len(stale)} failed={len(stale)} skipped=0")
@@ -261,37 +336,42 @@ def main():
             return 2
         entries = [e for e in entries if e["id"] in opts.only]
     live = [e for e in choose(entries, opts.sample_from) if e not in stale]
+    missing = nats_missing()
+    skipped = [e for e in live if missing and needs_nats(e)]
+    for e in skipped:
+        print(f"skipped  {e['id']}: {missing}")
+    live = [e for e in live if e not in skipped]
 
     started = time.monotonic()
-    ws = Workspace(keep=opts.keep)
+    ws = Workspace(originals, keep=opts.keep)
     results = []  # (entry, outcome, seconds)
     try:
-        # Every test command that may run must pass on the real header first.
+        # Every test command that may run must pass on the real sources first.
         baseline_failed = False
         checked = set()
-        ws.set_header(original)
+        ws.plant()
         for e in live:
             if opts.budget and time.monotonic() - started > opts.budget / 3 and checked:
                 break  # a sample checks the commands of the mutants it will reach
             if e["test"] in checked:
                 continue
             kind, name, args = parse_test(e)
-            ok, out = ws.build(kind, name, original)
+            ok, out = ws.build(kind, name)
             if not ok:
-                print(f"BASELINE {e['id']}: does not build on the real header:\n{tail(out)}")
+                print(f"BASELINE {e['id']}: does not build on the real sources:\n{tail(out)}")
                 baseline_failed = True
                 break
             passed, ran, out = ws.test(kind, name, args, opts.timeout)
             checked.add(e["test"])
             if not passed or ran < 1:
                 why = "timed out" if passed is None else "ran no test" if passed else "failed"
-                print(f"BASELINE {e['id']}: its test {why} on the real header: {e['test']}\n"
+                print(f"BASELINE {e['id']}: its test {why} on the real sources: {e['test']}\n"
                       f"{tail(out)}")
                 baseline_failed = True
-        print(f"baseline: {len(checked)} test commands pass on the real header "
+        print(f"baseline: {len(checked)} test commands pass on the real sources "
               f"({time.monotonic() - started:.0f} s)", flush=True)
         if baseline_failed:
-            print("mutations: the register's tests must pass on the real header first")
+            print("mutations: the register's tests must pass on the real sources first")
             return 1
 
         for e in live:
@@ -301,9 +381,8 @@ def main():
                 continue  # a sample whose baseline was cut short
             t0 = time.monotonic()
             kind, name, args = parse_test(e)
-            mutant = mutate(original, e)
-            ws.set_header(mutant)
-            ok, out = ws.build(kind, name, mutant)
+            ws.plant(e["file"], mutate(originals[e["file"]], e))
+            ok, out = ws.build(kind, name)
             if not ok:
                 outcome, detail = "broken", tail(out, 15)
             else:
@@ -322,10 +401,13 @@ def main():
 
     counts = {k: sum(1 for _, o, _ in results if o == k) for k in ("caught", "survived", "broken")}
     total = time.monotonic() - started
-    not_run = len(entries) - len(results) - len([e for e in stale if e in entries])
+    not_run = (len(entries) - len(results) - len([e for e in stale if e in entries])
+               - len(skipped))
     if not_run:
         print(f"{not_run} of {len(entries)} mutations not run in this sample")
     print(f"{len(results)} mutants in {total:.0f} s")
+    if skipped:
+        print(f"{len(skipped)} mutations skipped: {missing}")
     print(f"mutations: {counts['caught']} caught, {counts['survived']} survived, "
           f"{len(stale)} stale, {counts['broken']} broken")
     return 0 if not stale and counts["survived"] == 0 and counts["broken"] == 0 else 1
