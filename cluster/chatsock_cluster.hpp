@@ -165,11 +165,16 @@ public:
         if (s == NATS_OK) s = natsOptions_SetDisconnectedCB(nats_options_, on_disconnected, this);
         if (s == NATS_OK) s = natsOptions_SetReconnectedCB(nats_options_, on_connected, this);
         if (s == NATS_OK) s = natsOptions_SetClosedCB(nats_options_, on_closed, this);
-        if (s == NATS_OK)
-            s = natsOptions_SetRetryOnFailedConnect(nats_options_, true, on_connected, this);
         if (s != NATS_OK) return std::string("NATS options: ") + natsStatus_GetText(s);
+        // One attempt on this thread alone first: wrong credentials are no outage to wait out.
+        // (Retrying, libnats' reconnect thread clears the connection's last error at once,
+        // racing whoever reads it, and reports a refusal the same way as a server away.)
         s = natsConnection_Connect(&nc_, nats_options_);
-        if (std::string refused = refused_credentials(s); !refused.empty()) return refused;
+        if (s == NATS_CONNECTION_AUTH_FAILED) return refused_credentials();
+        if (s != NATS_OK) {  // NATS away: the attempts go on in the background
+            s = natsOptions_SetRetryOnFailedConnect(nats_options_, true, on_connected, this);
+            if (s == NATS_OK) s = natsConnection_Connect(&nc_, nats_options_);
+        }
         install_callbacks();
         if (s == NATS_NOT_YET_CONNECTED)
             say("NATS is unreachable: serving the local room only, joining the cluster when "
@@ -185,16 +190,15 @@ public:
         beater_ = std::thread([this] { beat(); });
         return {};
     }
-    // Wrong credentials are no outage to wait out: start() fails, saying so. (While retrying,
-    // libnats reports a refusal the same way as a server away; only the first attempt tells.)
-    std::string refused_credentials(natsStatus connecting) {
-        const char* text = nullptr;
-        if (connecting != NATS_CONNECTION_AUTH_FAILED &&
-            (connecting != NATS_NOT_YET_CONNECTED ||
-             natsConnection_GetLastError(nc_, &text) != NATS_CONNECTION_AUTH_FAILED))
-            return {};
-        return std::string("NATS refused this node's credentials (") +
-               (text ? text : natsStatus_GetText(connecting)) +
+    // Why start() fails after a refused first attempt: the server's words, from this thread's
+    // last error ("(conn.c:1905): Authorization Violation").
+    static std::string refused_credentials() {
+        const char* last = nats_GetLastError(nullptr);
+        std::string text = last ? last : "";
+        if (const std::size_t end = text.find("): "); text[0] == '(' && end != std::string::npos)
+            text.erase(0, end + 3);
+        return "NATS refused this node's credentials (" +
+               (text.empty() ? natsStatus_GetText(NATS_CONNECTION_AUTH_FAILED) : text) +
                "): check the user and password, or the token";
     }
     ~Cluster() {

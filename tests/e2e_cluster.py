@@ -34,6 +34,11 @@ HAVE_LIBNATS = os.path.exists("/usr/include/nats/nats.h")
 CLUSTER_UP = 30.0  # JetStream elects its leaders: the slowest start, on a loaded machine
 NODE_LOST = 5.0 + 1.0  # ClusterOptions: node_lost_after, plus a heartbeat
 NAME_TTL = 15.0  # ClusterOptions: name_ttl, the bound on a dead node's names
+# make sanitize / make tsan run the nodes built with sanitizers (CHATSOCK_SANITIZED=1): each test
+# then ends by stopping its nodes as a user would (SIGTERM), so the checks made at exit (leaks,
+# a destructor racing libnats' threads) run too, and wants exit status 0 from each.
+SANITIZED = bool(os.environ.get("CHATSOCK_SANITIZED"))
+SANITIZER_REPORT = re.compile(rb"^==\d+==ERROR: |^WARNING: ThreadSanitizer|^SUMMARY: \w+Sanitizer| runtime error: ", re.M)
 
 
 def _missing():
@@ -129,6 +134,33 @@ def event(*fields):
 
 @unittest.skipIf(MISSING, MISSING)
 class ClusterTestCase(ChatTestCase):
+    def setUp(self):
+        super().setUp()
+        self.addCleanup(self.check_nodes)  # cleanups run last-in first-out: before the reaping
+
+    def check_nodes(self):
+        """Fails the test when a node's stderr has a sanitizer's report (AddressSanitizer,
+        LeakSanitizer, UndefinedBehaviorSanitizer, ThreadSanitizer), wherever the test stood.
+        SANITIZED: the nodes still running are stopped first (SIGTERM, all at once), and each
+        must exit 0; the harness would kill them (SIGKILL), and nothing is checked at exit."""
+        nodes = [p for p in self.procs if p.args[0] == NODE_SERVER]
+        running = [p for p in nodes if p.p.poll() is None] if SANITIZED else []
+        for p in running:
+            p.signal(signal.SIGTERM)
+        problems = []
+        for p in running:
+            try:
+                status = p.wait(timeout=4 * TIMEOUT)
+            except AssertionError as e:
+                problems.append(f"not stopped by SIGTERM: {e}")
+                continue
+            if status != 0:
+                problems.append(f"exit status {status} after SIGTERM: {p.describe()}")
+        problems += [f"a sanitizer's report: {p.label} {p.args[1:]}\n{p.err.decode(errors='replace')}"
+                     for p in nodes if SANITIZER_REPORT.search(p.err)]
+        if problems:
+            self.fail("\n".join(problems))
+
     def start_nats(self, label, port=None, extra=()):
         port = port or free_port()
         n = self.spawn([NATS_SERVER, "-a", HOST, "-p", port, "-n", label, "-js", "-sd", self.path(label), *extra],
@@ -529,12 +561,36 @@ class Resends(ClusterTestCase):
             event("evil", boot, "5", "msg", "mallory", "five"),  # 4 is late, not lost
             event("evil", boot, "4", "msg", "mallory", "four"),
             event("evil", boot, "4", "msg", "mallory", "four"),  # a duplicate
+            event("evil", boot, "5", "msg", "mallory", "five"),  # one of the last applied
             event("evil", boot, "6", "resend", "a", "1", "3"),   # node a's first three again
+            event("evil", boot, "7", "msg", "mallory", "seven"),  # b1 hears it after all those
         ])
-        b1.wait(lambda pairs: ("mallory", "five") in pairs, "the events after the late one")
-        self.assertEqual(b1.messages(), [("mallory", t) for t in ("one", "three", "four", "five")])
+        b1.wait(lambda pairs: ("mallory", "seven") in pairs, "the events after the late one")
+        texts = ("one", "three", "four", "five", "seven")
+        self.assertEqual(b1.messages(), [("mallory", t) for t in texts], "in order, each once")
         self.nodes["a"].wait_for("node evil missed our events 1-3: resent")
         self.assertEqual(b1.pairs.count(("server", "mallory joined")), 1, "resent events are duplicates to b")
+
+    def test_a_leave_missed_for_good_is_made_up_by_the_next_roster(self):
+        """A node's roster ends with roster-end: a receiver that missed a leave for good (beyond
+        the resend window) learns from the whole list who is gone, and says so."""
+        ports = self.start_cluster(("a", "b"))
+        b1 = self.join(ports["b"], "b1")
+        boot = "0123abcd"
+        nats_publish(self.nats_ports[1], "chatsock.lobby.events", [
+            event("evil", boot, "1", "join", "u1"),
+            event("evil", boot, "2", "join", "u2"),
+            # 3, "leave u1", is lost for good; then a roster (a who's answer) without u1
+            event("evil", boot, "4", "roster", "u2"),
+            event("evil", boot, "5", "roster-end"),
+        ])
+        b1.wait_notice("u1 left", timeout=2 + TIMEOUT)  # after the gap is given up
+        self.nodes["b"].wait_for("missed 1 events from node evil")
+        self.wait_who(b1, ["b1", "u2"])
+        with b1.cond:
+            self.assertNotIn(("server", "u2 left"), b1.pairs)
+            self.assertEqual(b1.pairs.count(("server", "u1 left")), 1)
+        self.wait_log("b", "leave\tu1\tnode evil: left")
 
 
 class Auth(ClusterTestCase):
@@ -617,6 +673,10 @@ class NodeLoss(ClusterTestCase):
             time.sleep(0.5)
         print(f"  kill -9 of node c: c1 announced as left after {announced:.1f} s, "
               f"its name free after {time.monotonic() - killed:.1f} s", flush=True)
+        # a1's claim, made before the kill, would be gone by now too; its node renews it
+        time.sleep(max(0.0, killed + NAME_TTL + 2.0 - time.monotonic()))
+        s = self.raw_connect(ports["b"], "a1")
+        self.assertIn(b'name refused: the name "a1" is taken', recv_until_closed(s))
 
 
 if __name__ == "__main__":
