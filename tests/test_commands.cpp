@@ -223,6 +223,17 @@ TEST_SUITE("history") {
         return note.substr(11);
     }
 
+    // Joins `newcomer` as `name` and returns the notices it got after its welcome, once they came.
+    template <typename... Others>
+    std::vector<std::string> history_for(cst::LoggedServer & chat, ChatUser & newcomer,
+                                         const char* name, Others&... others) {
+        cst::join_wait(chat.server, newcomer, chat.port, name);
+        REQUIRE(cst::pump(
+            chat.server, [&] { return !after_welcome(newcomer).empty(); }, others..., newcomer));
+        cst::run_for(milliseconds(30), chat.server, others..., newcomer);
+        return after_welcome(newcomer);
+    }
+
     TEST_CASE("history: a newcomer gets the last N messages after its welcome, oldest first") {
         cst::LoggedServer chat([](chatsock::ServerOptions& o) { o.history = 3; });
         ChatUser alice, bob;
@@ -268,11 +279,7 @@ TEST_SUITE("history") {
         REQUIRE(cst::pump(
             chat.server, [&] { return bob.got("alice", "in the open"); }, alice, bob));
         ChatUser carol;
-        cst::join_wait(chat.server, carol, chat.port, "carol");
-        REQUIRE(cst::pump(
-            chat.server, [&] { return !after_welcome(carol).empty(); }, alice, bob, carol));
-        cst::run_for(milliseconds(30), chat.server, alice, bob, carol);
-        const auto old = after_welcome(carol);
+        const auto old = history_for(chat, carol, "carol", alice, bob);
         REQUIRE(old.size() == 1);
         CHECK(untimed(old[0]) == "alice: in the open");
     }
@@ -285,11 +292,7 @@ TEST_SUITE("history") {
         REQUIRE_FALSE(alice.client.send("short"));
         cst::run_for(milliseconds(50), chat.server, alice);
         ChatUser bob;
-        cst::join_wait(chat.server, bob, chat.port, "bob");
-        REQUIRE(cst::pump(
-            chat.server, [&] { return !after_welcome(bob).empty(); }, alice, bob));
-        cst::run_for(milliseconds(30), chat.server, alice, bob);
-        const auto old = after_welcome(bob);
+        const auto old = history_for(chat, bob, "bob", alice);
         REQUIRE(old.size() == 1);
         CHECK(untimed(old[0]) == "alice: short");
         CHECK(bob.client.is_open());
@@ -304,11 +307,7 @@ TEST_SUITE("history") {
         REQUIRE(cst::pump(
             chat.server, [&] { return alice.got("zoe", "from far away"); }, alice));
         ChatUser bob;
-        cst::join_wait(chat.server, bob, chat.port, "bob");
-        REQUIRE(cst::pump(
-            chat.server, [&] { return !after_welcome(bob).empty(); }, alice, bob));
-        cst::run_for(milliseconds(30), chat.server, alice, bob);
-        const auto old = after_welcome(bob);
+        const auto old = history_for(chat, bob, "bob", alice);
         REQUIRE(old.size() == 1);
         CHECK(untimed(old[0]) == "zoe: from far away");
     }
